@@ -1,0 +1,336 @@
+//! [`Frame`]: one decoded frame, borrowing its key and value from the bytes it came from.
+
+use bytes::BufMut;
+
+use crate::header::*;
+use crate::{Command, DecodeError, EncodeError, Flags, Status};
+
+/// One frame: the header's fields and the payload's key and value.
+///
+/// A decoded frame borrows `key` and `value` from the buffer it was decoded from; a frame
+/// to encode borrows them from wherever the caller keeps them. Building one costs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// Chosen by the sender of a request, echoed by the reply.
+    pub id: u64,
+    /// The opcode.
+    pub command: Command,
+    /// Reply / error / continuation bits.
+    pub flags: Flags,
+    /// Per command: the client id in write requests, the [`Status`] in replies.
+    pub param: u64,
+    /// The value's version: in write requests the version expected (0 = any), in replies
+    /// the version read or written.
+    pub timestamp: u64,
+    /// The key, at most [`MAX_KEY_LEN`] bytes.
+    pub key: &'a [u8],
+    /// The value; `key.len() + value.len()` is at most [`MAX_PAYLOAD_LEN`].
+    pub value: &'a [u8],
+}
+
+#[inline]
+fn read_u32(frame: &[u8; FRAME_LEN], offset: usize) -> u32 {
+    let mut field = [0u8; 4];
+    field.copy_from_slice(&frame[offset..offset + 4]);
+    u32::from_le_bytes(field)
+}
+
+#[inline]
+fn read_u64(frame: &[u8; FRAME_LEN], offset: usize) -> u64 {
+    let mut field = [0u8; 8];
+    field.copy_from_slice(&frame[offset..offset + 8]);
+    u64::from_le_bytes(field)
+}
+
+/// End of the checksummed range for the declared lengths, clamped to the frame so that a
+/// frame with impossible lengths can still be checksummed (and its id trusted).
+#[inline]
+fn crc_end(key_len: u32, value_len: u32) -> usize {
+    let end = HEADER_LEN as u64 + u64::from(key_len) + u64::from(value_len);
+    end.min(FRAME_LEN as u64) as usize
+}
+
+impl<'a> Frame<'a> {
+    /// A request with no flags, no param and no expected version.
+    pub const fn request(id: u64, command: Command, key: &'a [u8], value: &'a [u8]) -> Self {
+        Frame { id, command, flags: Flags::NONE, param: 0, timestamp: 0, key, value }
+    }
+
+    /// The reply to `request`: same id and command, `status` in `param`, `value` as payload.
+    pub fn reply(request: &Frame<'_>, status: Status, value: &'a [u8]) -> Self {
+        Self::reply_to(request.id, request.command, status, value)
+    }
+
+    /// A reply built from an id and command, for when no decoded request is at hand
+    /// (e.g. answering a frame that failed to decode, with id 0 if it was untrusted).
+    pub const fn reply_to(id: u64, command: Command, status: Status, value: &'a [u8]) -> Self {
+        let flags = if status.is_error() { Flags(Flags::REPLY.0 | Flags::ERROR.0) } else { Flags::REPLY };
+        Frame { id, command, flags, param: status.0, timestamp: 0, key: &[], value }
+    }
+
+    /// The same frame with `param` set.
+    pub const fn with_param(mut self, param: u64) -> Self {
+        self.param = param;
+        self
+    }
+
+    /// The same frame with `timestamp` set.
+    pub const fn with_timestamp(mut self, timestamp: u64) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// Whether the frame is a reply.
+    pub const fn is_reply(&self) -> bool {
+        self.flags.contains(Flags::REPLY)
+    }
+
+    /// The status of a reply (its `param`). Meaningless for requests.
+    pub const fn status(&self) -> Status {
+        Status(self.param)
+    }
+
+    /// Decodes and verifies one frame without copying its payload.
+    ///
+    /// Checks, in order: magic, version, checksum, lengths, flags. The command is not
+    /// checked here, so a frame with an unknown command still decodes and can be answered;
+    /// [`crate::Request::parse`] checks commands.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the first check that failed. No input makes this panic.
+    pub fn decode(frame: &'a [u8; FRAME_LEN]) -> Result<Frame<'a>, DecodeError> {
+        let magic = [frame[MAGIC_OFFSET], frame[MAGIC_OFFSET + 1], frame[MAGIC_OFFSET + 2]];
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic { found: magic });
+        }
+        if frame[VERSION_OFFSET] != VERSION {
+            return Err(DecodeError::UnsupportedVersion { found: frame[VERSION_OFFSET] });
+        }
+        let key_len = read_u32(frame, KEY_LEN_OFFSET);
+        let value_len = read_u32(frame, VALUE_LEN_OFFSET);
+        let stored = read_u32(frame, CRC_OFFSET);
+        let computed = crc32fast::hash(&frame[CRC_START..crc_end(key_len, value_len)]);
+        if stored != computed {
+            return Err(DecodeError::BadChecksum { stored, computed });
+        }
+        let id = read_u64(frame, ID_OFFSET);
+        if key_len as usize > MAX_KEY_LEN {
+            return Err(DecodeError::KeyTooLong { id, len: key_len });
+        }
+        if key_len as usize + value_len as usize > MAX_PAYLOAD_LEN {
+            return Err(DecodeError::PayloadTooLong { id, key_len, value_len });
+        }
+        let flags = Flags(read_u32(frame, FLAGS_OFFSET));
+        if flags.0 & Flags::RESERVED.0 != 0 {
+            return Err(DecodeError::ReservedFlags { id, flags: flags.0 });
+        }
+        let key_end = PAYLOAD_OFFSET + key_len as usize;
+        Ok(Frame {
+            id,
+            command: Command(read_u32(frame, COMMAND_OFFSET)),
+            flags,
+            param: read_u64(frame, PARAM_OFFSET),
+            timestamp: read_u64(frame, TIMESTAMP_OFFSET),
+            key: &frame[PAYLOAD_OFFSET..key_end],
+            value: &frame[key_end..key_end + value_len as usize],
+        })
+    }
+
+    /// [`Frame::decode`] for a slice, which must be exactly [`FRAME_LEN`] bytes.
+    ///
+    /// # Errors
+    /// [`DecodeError::WrongLength`] for any other length, then as [`Frame::decode`].
+    pub fn decode_slice(bytes: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
+        match <&[u8; FRAME_LEN]>::try_from(bytes) {
+            Ok(frame) => Frame::decode(frame),
+            Err(_) => Err(DecodeError::WrongLength { len: bytes.len() }),
+        }
+    }
+
+    /// Checks the limits that [`Frame::encode`] enforces.
+    ///
+    /// # Errors
+    /// The first limit the frame breaks.
+    pub fn validate(&self) -> Result<(), EncodeError> {
+        if self.key.len() > MAX_KEY_LEN {
+            return Err(EncodeError::KeyTooLong { len: self.key.len() });
+        }
+        if self.key.len() + self.value.len() > MAX_PAYLOAD_LEN {
+            return Err(EncodeError::PayloadTooLong { key_len: self.key.len(), value_len: self.value.len() });
+        }
+        if self.flags.0 & Flags::RESERVED.0 != 0 {
+            return Err(EncodeError::ReservedFlags { flags: self.flags.0 });
+        }
+        Ok(())
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
+        h[VERSION_OFFSET] = VERSION;
+        h[ID_OFFSET..COMMAND_OFFSET].copy_from_slice(&self.id.to_le_bytes());
+        h[COMMAND_OFFSET..FLAGS_OFFSET].copy_from_slice(&self.command.0.to_le_bytes());
+        h[FLAGS_OFFSET..PARAM_OFFSET].copy_from_slice(&self.flags.0.to_le_bytes());
+        h[PARAM_OFFSET..KEY_LEN_OFFSET].copy_from_slice(&self.param.to_le_bytes());
+        h[KEY_LEN_OFFSET..VALUE_LEN_OFFSET].copy_from_slice(&(self.key.len() as u32).to_le_bytes());
+        h[VALUE_LEN_OFFSET..TIMESTAMP_OFFSET].copy_from_slice(&(self.value.len() as u32).to_le_bytes());
+        h[TIMESTAMP_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&self.timestamp.to_le_bytes());
+        h
+    }
+
+    /// Encodes the frame into the first [`FRAME_LEN`] bytes of `out`, padding with zeros,
+    /// and returns [`FRAME_LEN`]. `out` can be reused from frame to frame.
+    ///
+    /// # Errors
+    /// When `out` is too short or the frame breaks a limit ([`Frame::validate`]); `out` is
+    /// then left untouched.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        self.validate()?;
+        let Some(out) = out.first_chunk_mut::<FRAME_LEN>() else {
+            return Err(EncodeError::BufferTooSmall { len: out.len() });
+        };
+        out[..HEADER_LEN].copy_from_slice(&self.header());
+        let key_end = PAYLOAD_OFFSET + self.key.len();
+        let value_end = key_end + self.value.len();
+        out[PAYLOAD_OFFSET..key_end].copy_from_slice(self.key);
+        out[key_end..value_end].copy_from_slice(self.value);
+        out[value_end..].fill(0);
+        let crc = crc32fast::hash(&out[CRC_START..value_end]);
+        out[CRC_OFFSET..ID_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        Ok(FRAME_LEN)
+    }
+
+    /// Appends the encoded frame to a [`BufMut`] (a `Vec<u8>`, a `BytesMut`, ...).
+    ///
+    /// # Errors
+    /// When the frame breaks a limit, or `buf` has less than [`FRAME_LEN`] bytes of room;
+    /// nothing is written then.
+    pub fn encode_to<B: BufMut>(&self, buf: &mut B) -> Result<(), EncodeError> {
+        self.validate()?;
+        if buf.remaining_mut() < FRAME_LEN {
+            return Err(EncodeError::BufferTooSmall { len: buf.remaining_mut() });
+        }
+        let mut header = self.header();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header[CRC_START..]);
+        crc.update(self.key);
+        crc.update(self.value);
+        header[CRC_OFFSET..ID_OFFSET].copy_from_slice(&crc.finalize().to_le_bytes());
+        buf.put_slice(&header);
+        buf.put_slice(self.key);
+        buf.put_slice(self.value);
+        buf.put_bytes(0, MAX_PAYLOAD_LEN - self.key.len() - self.value.len());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(frame: &Frame<'_>) -> [u8; FRAME_LEN] {
+        let mut out = [0xAAu8; FRAME_LEN];
+        assert_eq!(frame.encode(&mut out), Ok(FRAME_LEN));
+        out
+    }
+
+    #[test]
+    fn header_fields_land_at_their_offsets() {
+        let frame = Frame {
+            id: 0x0102030405060708,
+            command: Command::PUT,
+            flags: Flags::NONE,
+            param: 0x1112131415161718,
+            timestamp: 0x2122232425262728,
+            key: b"k",
+            value: b"vv",
+        };
+        let out = encoded(&frame);
+        assert_eq!(&out[..4], b"TDM\x01");
+        assert_eq!(out[ID_OFFSET], 0x08, "little-endian id");
+        assert_eq!(&out[COMMAND_OFFSET..FLAGS_OFFSET], &[3, 0, 0, 0]);
+        assert_eq!(&out[KEY_LEN_OFFSET..VALUE_LEN_OFFSET], &[1, 0, 0, 0]);
+        assert_eq!(&out[VALUE_LEN_OFFSET..TIMESTAMP_OFFSET], &[2, 0, 0, 0]);
+        assert_eq!(&out[PAYLOAD_OFFSET..PAYLOAD_OFFSET + 3], b"kvv");
+        assert!(out[PAYLOAD_OFFSET + 3..].iter().all(|&b| b == 0), "padding is zeroed");
+        assert_eq!(Frame::decode(&out), Ok(frame));
+    }
+
+    #[test]
+    fn encode_to_bufmut_matches_encode() {
+        let frame = Frame::request(9, Command::APPEND, b"key", &[7u8; 100]).with_param(42);
+        let mut v = Vec::new();
+        frame.encode_to(&mut v).unwrap();
+        assert_eq!(v.as_slice(), &encoded(&frame)[..]);
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let key = [b'k'; MAX_KEY_LEN];
+        let value = [b'v'; MAX_PAYLOAD_LEN - MAX_KEY_LEN];
+        let frame = Frame::request(1, Command::PUT, &key, &value);
+        assert_eq!(Frame::decode(&encoded(&frame)), Ok(frame));
+        let long_key = [b'k'; MAX_KEY_LEN + 1];
+        let mut out = [0u8; FRAME_LEN];
+        assert_eq!(
+            Frame::request(1, Command::PUT, &long_key, b"").encode(&mut out),
+            Err(EncodeError::KeyTooLong { len: MAX_KEY_LEN + 1 })
+        );
+        let big = [0u8; MAX_PAYLOAD_LEN];
+        assert_eq!(
+            Frame::request(1, Command::PUT, b"k", &big).encode(&mut out),
+            Err(EncodeError::PayloadTooLong { key_len: 1, value_len: MAX_PAYLOAD_LEN })
+        );
+        assert_eq!(out, [0u8; FRAME_LEN], "failed encodes write nothing");
+        assert_eq!(
+            Frame::request(1, Command::PUT, b"k", b"").encode(&mut out[..FRAME_LEN - 1]),
+            Err(EncodeError::BufferTooSmall { len: FRAME_LEN - 1 })
+        );
+    }
+
+    #[test]
+    fn oversized_lengths_are_checksummed_clamped_and_trusted() {
+        // A buggy sender declares lengths that overflow the frame but checksums what it sent.
+        let mut out = encoded(&Frame::request(77, Command::GET, b"k", b""));
+        out[VALUE_LEN_OFFSET..TIMESTAMP_OFFSET].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&out[CRC_START..]);
+        out[CRC_OFFSET..ID_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        let err = Frame::decode(&out).unwrap_err();
+        assert_eq!(err, DecodeError::PayloadTooLong { id: 77, key_len: 1, value_len: u32::MAX });
+        assert_eq!(err.trusted_id(), Some(77));
+        assert_eq!(err.status(), Status::BAD_FRAME);
+        assert!(!err.is_fatal());
+    }
+
+    #[test]
+    fn any_flipped_bit_in_the_checked_range_is_caught() {
+        let frame = Frame::request(5, Command::PUT, b"key", b"value").with_timestamp(3);
+        let good = encoded(&frame);
+        for byte in 0..HEADER_LEN + 8 {
+            for bit in 0..8 {
+                let mut bad = good;
+                bad[byte] ^= 1 << bit;
+                assert!(Frame::decode(&bad).is_err(), "flip of byte {byte} bit {bit} went unseen");
+            }
+        }
+    }
+
+    #[test]
+    fn decode_slice_demands_exact_length() {
+        let good = encoded(&Frame::request(1, Command::PING, b"", b""));
+        assert!(Frame::decode_slice(&good).is_ok());
+        assert_eq!(Frame::decode_slice(&good[..100]), Err(DecodeError::WrongLength { len: 100 }));
+    }
+
+    #[test]
+    fn reply_sets_flags_from_status() {
+        let req = Frame::request(3, Command::GET, b"k", b"");
+        let ok = Frame::reply(&req, Status::OK, b"v");
+        assert_eq!((ok.id, ok.command, ok.flags), (3, Command::GET, Flags::REPLY));
+        let miss = Frame::reply(&req, Status::NOT_FOUND, b"");
+        assert_eq!(miss.flags, Flags::REPLY);
+        let bad = Frame::reply(&req, Status::BAD_REQUEST, b"why");
+        assert_eq!(bad.flags, Flags::REPLY | Flags::ERROR);
+        assert_eq!(bad.status(), Status::BAD_REQUEST);
+    }
+}

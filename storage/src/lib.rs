@@ -1,1 +1,829 @@
-//! placeholder
+//! Tandem's storage: a Bitcask-style log of records in memory-mapped segment files, with an
+//! in-memory index from key to the newest record of that key.
+//!
+//! Writes append a record to the active segment's mapping and point the index at it; reads look
+//! the key up and return the value straight from the mapping, without copying. Records are never
+//! modified in place: an overwrite or delete appends a newer record (a tombstone for deletes),
+//! and compaction later copies the still-live records out of segments full of dead ones.
+//!
+//! # Layout
+//!
+//! - [`Store`]: open (recovers), get, put, delete, append, sync, tick, iterate, compact.
+//! - [`Options`], [`Durability`]: configuration; [`Stats`]: counters.
+//! - `format`: the byte layout of segments and records (diagram there and in `docs/storage.md`).
+//! - `segment`: one preallocated, memory-mapped file and its write cursor.
+//! - `index`: the 16-byte-per-key hash table.
+//! - `recovery`: scanning on open, the torn-tail rule, and [`Store::repair`].
+//! - `compaction`: incremental compaction driven by [`Store::tick`].
+//! - `worker`: a background thread for fsync, rename and unlink, so `tick` stays short.
+//! - [`StorageError`]: every failure.
+//!
+//! A data directory holds `LOCK` (an exclusive `flock` while a store is open),
+//! `<16 hex digits>.seg` segment files, and transiently `*.new` (a segment being created),
+//! `*.tmp` (compaction outputs not yet committed) and `COMPACT` (a committed compaction whose
+//! clean-up may be unfinished).
+//!
+//! # Durability contract
+//!
+//! - A write call that returned `Ok` has put its record into the shared mapping. It survives the
+//!   process being killed at any instant (`SIGKILL`, panic, abort) in every [`Durability`] mode:
+//!   the kernel owns those pages and writes them back.
+//! - Surviving a machine crash or power loss needs the record flushed. [`Store::durable_lsn`] is
+//!   the highest LSN known flushed. [`Store::sync`] flushes (msync) everything written so far;
+//!   with [`Durability::Always`] the caller calls it once per batch of writes and acknowledges
+//!   the batch afterwards (group commit). With [`Durability::Interval`], [`Store::tick`] flushes in
+//!   the background every `ms` milliseconds. With [`Durability::Never`], only the kernel's own
+//!   writeback (typically within 30 s) flushes.
+//! - Recovery keeps every record whose checksum is valid; only a torn record at the end of the
+//!   newest log segment (the write in progress when the process died) is cut, and logged. Any
+//!   other damage makes [`Store::open`] fail with [`StorageError::Corrupt`] naming file and
+//!   offset; [`Store::repair`] then keeps every valid record and reports what it drops.
+//! - Compaction never loses or resurrects data, whenever the process dies: see `compaction`.
+#![deny(missing_docs)]
+
+mod compaction;
+mod error;
+pub mod format;
+mod index;
+mod recovery;
+mod segment;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use error::{Corruption, StorageError};
+pub use recovery::{DroppedRange, RecoveryReport, RepairReport, TornTail};
+
+use format::{RecordKind, RecordMeta, SegmentKind, SEGMENT_HEADER_LEN};
+use index::{Index, Slot};
+use segment::Segment;
+
+/// A log sequence number: the position of a record in the log. 0 means "nothing yet"; the first
+/// record written to a new store gets 1, and each later local write the next number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// When writes are flushed to the device. Whatever the mode, a write that returned survives the
+/// process being killed; the mode only matters for machine crashes. See the crate docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The caller flushes with [`Store::sync`] before acknowledging writes (once per batch).
+    Always,
+    /// [`Store::tick`] flushes in the background every `ms` milliseconds.
+    Interval {
+        /// Milliseconds between flushes, at least 1.
+        ms: u64,
+    },
+    /// Flushing is left to the kernel.
+    #[default]
+    Never,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Interval { ms } => write!(f, "interval:{ms}"),
+            Durability::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// Why a string is not a [`Durability`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseDurabilityError(String);
+
+impl fmt::Display for ParseDurabilityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid durability {:?}: expected \"always\", \"never\" or \"interval:MS\" with MS a whole \
+             number of milliseconds >= 1",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseDurabilityError {}
+
+impl FromStr for Durability {
+    type Err = ParseDurabilityError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "never" => Ok(Durability::Never),
+            _ => match s.strip_prefix("interval:").and_then(|ms| ms.parse::<u64>().ok()) {
+                Some(ms) if ms >= 1 => Ok(Durability::Interval { ms }),
+                _ => Err(ParseDurabilityError(s.to_string())),
+            },
+        }
+    }
+}
+
+/// Store configuration. `Options::default()` suits a server; tests shrink `segment_len`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Bytes per segment file, preallocated. A multiple of 4096, large enough for the largest
+    /// record, at most 4 GiB - 4 KiB. Default 64 MiB.
+    pub segment_len: u64,
+    /// When writes are flushed. Default [`Durability::Never`].
+    pub durability: Durability,
+    /// Compaction starts when dead bytes are at least this share of all record bytes
+    /// (and at least `compact_min_dead_bytes`). In (0, 1]. Default 0.5.
+    pub compact_dead_ratio: f64,
+    /// ... and at least this many dead bytes have accumulated since the last compaction.
+    /// `u64::MAX` turns automatic compaction off. Default 32 MiB.
+    pub compact_min_dead_bytes: u64,
+    /// Longest key accepted. Default `wire::header::MAX_KEY_LEN` (1024); at most 65535.
+    pub max_key_len: usize,
+    /// Longest value accepted. Default `wire::header::MAX_PAYLOAD_LEN` (4048).
+    pub max_value_len: usize,
+    /// Longest key + value accepted, so that a record fits one protocol frame.
+    /// Default `wire::header::MAX_PAYLOAD_LEN` (4048).
+    pub max_payload_len: usize,
+    /// Most time one compaction step in [`Store::tick`] may take. Default 500 µs.
+    pub compact_step_budget: Duration,
+    /// Keys to reserve index room for at open, avoiding growth pauses. Default 0.
+    pub index_capacity: usize,
+    /// Test hook: the background thread sleeps this long between the steps of a compaction
+    /// commit, so crash tests can kill a process inside each window. Zero outside tests.
+    #[doc(hidden)]
+    pub debug_commit_step_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_len: 64 << 20,
+            durability: Durability::Never,
+            compact_dead_ratio: 0.5,
+            compact_min_dead_bytes: 32 << 20,
+            max_key_len: wire::header::MAX_KEY_LEN,
+            max_value_len: wire::header::MAX_PAYLOAD_LEN,
+            max_payload_len: wire::header::MAX_PAYLOAD_LEN,
+            compact_step_budget: Duration::from_micros(500),
+            index_capacity: 0,
+            debug_commit_step_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Smallest segment accepted.
+pub const MIN_SEGMENT_LEN: u64 = 16 << 10;
+/// Largest segment accepted (offsets in the index are 32 bits).
+pub const MAX_SEGMENT_LEN: u64 = (u32::MAX as u64) & !4095;
+
+impl Options {
+    /// Checks the options for consistency.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidOptions`] naming the offending field.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let bad = StorageError::InvalidOptions;
+        if self.segment_len % 4096 != 0 || !(MIN_SEGMENT_LEN..=MAX_SEGMENT_LEN).contains(&self.segment_len) {
+            return Err(bad("segment_len must be a multiple of 4096 between 16 KiB and 4 GiB - 4 KiB"));
+        }
+        if self.max_key_len == 0 || self.max_key_len > u16::MAX as usize {
+            return Err(bad("max_key_len must be between 1 and 65535"));
+        }
+        if self.max_value_len > u32::MAX as usize || self.max_payload_len > u32::MAX as usize {
+            return Err(bad("max_value_len and max_payload_len must fit in 32 bits"));
+        }
+        let largest = format::record_len(self.max_key_len, self.max_value_len.min(self.max_payload_len));
+        if (largest + SEGMENT_HEADER_LEN) as u64 > self.segment_len {
+            return Err(bad("segment_len is too small for the largest record the limits allow"));
+        }
+        if !(self.compact_dead_ratio > 0.0 && self.compact_dead_ratio <= 1.0) {
+            return Err(bad("compact_dead_ratio must be in (0, 1]"));
+        }
+        if let Durability::Interval { ms: 0 } = self.durability {
+            return Err(bad("durability interval must be at least 1 ms"));
+        }
+        Ok(())
+    }
+
+    /// The longest value allowed beside a key of `key_len` bytes.
+    pub fn max_value_len_for(&self, key_len: usize) -> usize {
+        self.max_value_len.min(self.max_payload_len.saturating_sub(key_len))
+    }
+}
+
+/// Who produced a write: stored in its record so a server can rebuild its at-most-once table
+/// from the log after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteMeta {
+    /// The client's id.
+    pub client_id: u64,
+    /// The client's request id.
+    pub request_id: u64,
+}
+
+/// A value read from the store, borrowed from the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The value's bytes.
+    pub value: &'a [u8],
+    /// The value's version: the timestamp of its record (its LSN for local writes).
+    pub version: u64,
+}
+
+/// One record of the log, borrowed from the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Its log sequence number.
+    pub lsn: Lsn,
+    /// The key.
+    pub key: &'a [u8],
+    /// The value (empty for a tombstone).
+    pub value: &'a [u8],
+    /// Whether this record deletes the key.
+    pub tombstone: bool,
+    /// The value's version.
+    pub timestamp: u64,
+    /// Client id of the write that produced the record.
+    pub client_id: u64,
+    /// Request id of the write that produced the record.
+    pub request_id: u64,
+}
+
+impl<'a> Record<'a> {
+    fn from_view(v: &format::RecordView<'a>) -> Record<'a> {
+        Record {
+            lsn: Lsn(v.meta.lsn),
+            key: v.key,
+            value: v.value,
+            tombstone: v.meta.kind == RecordKind::Tombstone,
+            timestamp: v.meta.timestamp,
+            client_id: v.meta.client_id,
+            request_id: v.meta.request_id,
+        }
+    }
+}
+
+/// Counters describing a store. Byte counts are of record bytes (headers and padding included).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Keys with a value.
+    pub keys: u64,
+    /// Bytes of the records the index points at.
+    pub live_bytes: u64,
+    /// Bytes of every other record: overwritten values, tombstones, copies left by compaction.
+    pub dead_bytes: u64,
+    /// Bytes of segment files on disk (preallocated, so mostly independent of the data).
+    pub disk_bytes: u64,
+    /// Segment files.
+    pub segments: u32,
+    /// Highest LSN written.
+    pub last_lsn: Lsn,
+    /// Highest LSN known flushed to the device.
+    pub durable_lsn: Lsn,
+    /// Compactions completed since open.
+    pub compactions: u64,
+    /// Whether a compaction is in progress.
+    pub compacting: bool,
+    /// The oldest LSN from which [`Store::log_from`] can still serve the log.
+    pub log_start: Lsn,
+    /// Bytes allocated by the index's hash table.
+    pub index_bytes: u64,
+}
+
+/// An open data directory. See the crate docs for the durability contract.
+///
+/// All methods take `&self` or `&mut self`: the store is used from one thread (a server's event
+/// loop); it runs its own background thread for slow file-system work.
+pub struct Store {
+    dir: PathBuf,
+    opts: Options,
+    /// Held for the store's lifetime: the `flock` on `LOCK`.
+    _lock: File,
+    /// The directory itself, for fsyncing entries.
+    dir_file: Arc<File>,
+    /// Segment table; the index refers to segments by position here. `None` = free position.
+    segments: Vec<Option<Segment>>,
+    free_slots: Vec<u32>,
+    /// Position of the log segment receiving writes.
+    active: u32,
+    next_segment_id: u64,
+    index: Index,
+    last_lsn: u64,
+    durable_lsn: u64,
+    /// A directory entry was created or renamed since the last directory fsync.
+    dir_dirty: bool,
+    poisoned: bool,
+    /// Reused buffer for `append`.
+    scratch: Vec<u8>,
+    compaction: compaction::State,
+    compactions: u64,
+    log_start: u64,
+    worker: worker::Worker,
+    flush_in_flight: bool,
+    next_flush: Option<Instant>,
+    recovery: RecoveryReport,
+}
+
+fn lookup_key<'s>(segments: &'s [Option<Segment>], slot: &Slot) -> &'s [u8] {
+    match segments.get(slot.seg as usize) {
+        Some(Some(seg)) => format::key_unchecked(seg.from(slot.off)),
+        _ => &[],
+    }
+}
+
+fn record_at<'s>(segments: &'s [Option<Segment>], seg: u32, off: u32) -> Option<format::RecordView<'s>> {
+    match segments.get(seg as usize) {
+        Some(Some(s)) => format::view_record_unchecked(s.from(off)),
+        _ => None,
+    }
+}
+
+impl Store {
+    /// Opens (creating if absent) the data directory `dir`: takes its lock, finishes or discards
+    /// an interrupted compaction, scans and verifies every segment, rebuilds the index and
+    /// flushes. Logs a summary at `info`; see [`Store::recovery_report`].
+    ///
+    /// # Errors
+    /// - [`StorageError::Locked`] if another store has the directory open.
+    /// - [`StorageError::Corrupt`] if any record other than a torn tail fails verification;
+    ///   nothing is changed on disk, and [`Store::repair`] can then salvage every valid record.
+    /// - [`StorageError::InvalidOptions`], [`StorageError::Io`], [`StorageError::NoSpace`].
+    pub fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
+        recovery::open(dir, opts)
+    }
+
+    /// What the last [`Store::open`] found and did.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Repairs a data directory that [`Store::open`] refused as corrupt, keeping every record
+    /// whose checksum is valid. Run it offline (it takes the directory lock). Afterwards `open`
+    /// succeeds. The report lists every byte range dropped, with file, offset, length and reason.
+    ///
+    /// Dropping a damaged tombstone can bring an older value of its key back; the report is the
+    /// record of what was lost.
+    ///
+    /// # Errors
+    /// [`StorageError::Locked`], [`StorageError::Io`], [`StorageError::NoSpace`].
+    pub fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, StorageError> {
+        recovery::repair(dir, opts)
+    }
+
+    /// The value of `key` and its version, borrowed from the mapping; `None` if absent.
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<Entry<'_>> {
+        let slot = self.find(key)?;
+        let r = record_at(&self.segments, slot.seg, slot.off)?;
+        Some(Entry { value: r.value, version: r.meta.timestamp })
+    }
+
+    #[inline]
+    fn find(&self, key: &[u8]) -> Option<Slot> {
+        let hash = self.index.hash(key);
+        let segments = &self.segments;
+        self.index.find(hash, |s| s.hash == hash && lookup_key(segments, s) == key).copied()
+    }
+
+    /// Sets `key` to `value`. Returns the record's LSN.
+    ///
+    /// The write is in the mapping when this returns (it survives a process kill); it is durable
+    /// against machine crashes once [`Store::durable_lsn`] reaches the returned LSN.
+    ///
+    /// # Errors
+    /// [`StorageError::EmptyKey`], [`StorageError::KeyTooLong`], [`StorageError::ValueTooLong`];
+    /// [`StorageError::NoSpace`] if a new segment was needed and the disk is full (nothing is
+    /// written, the store stays usable); [`StorageError::Poisoned`] after a failed flush.
+    pub fn put(&mut self, key: &[u8], value: &[u8], meta: WriteMeta) -> Result<Lsn, StorageError> {
+        self.check_limits(key, value.len())?;
+        let lsn = self.last_lsn + 1;
+        self.apply(RecordKind::Put, key, &[value], lsn, lsn, meta)?;
+        Ok(Lsn(lsn))
+    }
+
+    /// Deletes `key`, writing a tombstone. Returns `None`, writing nothing, if the key is absent.
+    ///
+    /// # Errors
+    /// As for [`Store::put`].
+    pub fn delete(&mut self, key: &[u8], meta: WriteMeta) -> Result<Option<Lsn>, StorageError> {
+        self.check_limits(key, 0)?;
+        if self.find(key).is_none() {
+            return Ok(None);
+        }
+        let lsn = self.last_lsn + 1;
+        self.apply(RecordKind::Tombstone, key, &[], lsn, lsn, meta)?;
+        Ok(Some(Lsn(lsn)))
+    }
+
+    /// Appends `suffix` to the value of `key` (an absent key counts as empty). Returns the LSN.
+    ///
+    /// # Errors
+    /// [`StorageError::ValueTooLong`] if the result would exceed the limit for this key; otherwise
+    /// as for [`Store::put`].
+    pub fn append(&mut self, key: &[u8], suffix: &[u8], meta: WriteMeta) -> Result<Lsn, StorageError> {
+        self.check_limits(key, 0)?;
+        // The old value may live in the segment about to be written, so copy it out first.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(self.get(key).map(|e| e.value).unwrap_or(&[]));
+        let total = scratch.len() + suffix.len();
+        let max = self.opts.max_value_len_for(key.len());
+        if total > max {
+            self.scratch = scratch;
+            return Err(StorageError::ValueTooLong { len: total, max });
+        }
+        let lsn = self.last_lsn + 1;
+        let result = self.apply(RecordKind::Put, key, &[&scratch, suffix], lsn, lsn, meta);
+        self.scratch = scratch;
+        result.map(|()| Lsn(lsn))
+    }
+
+    fn check_limits(&self, key: &[u8], value_len: usize) -> Result<(), StorageError> {
+        if key.is_empty() {
+            return Err(StorageError::EmptyKey);
+        }
+        if key.len() > self.opts.max_key_len {
+            return Err(StorageError::KeyTooLong { len: key.len(), max: self.opts.max_key_len });
+        }
+        let max = self.opts.max_value_len_for(key.len());
+        if value_len > max {
+            return Err(StorageError::ValueTooLong { len: value_len, max });
+        }
+        Ok(())
+    }
+
+    /// The single write path: append a record with the given LSN and timestamp and update the
+    /// index. Replication will apply a primary's records through here with the primary's LSN.
+    fn apply(
+        &mut self,
+        kind: RecordKind,
+        key: &[u8],
+        value: &[&[u8]],
+        lsn: u64,
+        timestamp: u64,
+        meta: WriteMeta,
+    ) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        let value_len: usize = value.iter().map(|p| p.len()).sum();
+        let len = format::record_len(key.len(), value_len);
+        if !self.active_segment().is_some_and(|s| s.has_room(len)) {
+            self.roll()?;
+        }
+        let rmeta =
+            RecordMeta { kind, lsn, timestamp, client_id: meta.client_id, request_id: meta.request_id };
+        let header = format::encode_record_header(&rmeta, key, value);
+        let active = self.active;
+        let Some(Some(seg)) = self.segments.get_mut(active as usize) else {
+            return Err(StorageError::Poisoned);
+        };
+        let off = seg.append(&header, key, value, lsn);
+        self.last_lsn = lsn;
+        let hash = self.index.hash(key);
+        let old = match kind {
+            RecordKind::Put => {
+                self.seg_mut(active).live_bytes += len as u64;
+                let new = Slot { hash, seg: active, off };
+                let Store { index, segments, .. } = self;
+                match index.find_mut(hash, |s| s.hash == hash && lookup_key(segments, s) == key) {
+                    Some(slot) => Some(std::mem::replace(slot, new)),
+                    None => {
+                        index.insert_new(new);
+                        None
+                    }
+                }
+            }
+            RecordKind::Tombstone => {
+                let Store { index, segments, .. } = self;
+                index.remove(hash, |s| s.hash == hash && lookup_key(segments, s) == key)
+            }
+        };
+        if let Some(old) = old {
+            self.release(old);
+        }
+        Ok(())
+    }
+
+    /// Accounts for the record at `old` no longer being pointed at.
+    fn release(&mut self, old: Slot) {
+        let len = record_at(&self.segments, old.seg, old.off).map_or(0, |r| r.len as u64);
+        if let Some(Some(seg)) = self.segments.get_mut(old.seg as usize) {
+            seg.live_bytes = seg.live_bytes.saturating_sub(len);
+        }
+    }
+
+    fn active_segment(&self) -> Option<&Segment> {
+        self.segments.get(self.active as usize).and_then(|s| s.as_ref())
+    }
+
+    fn seg_mut(&mut self, slot: u32) -> &mut Segment {
+        match self.segments.get_mut(slot as usize) {
+            Some(Some(s)) => s,
+            // Slots handed out by `add_segment` stay occupied while anything refers to them.
+            _ => unreachable!("segment slot {slot} is empty"),
+        }
+    }
+
+    /// Seals the active log segment and starts a new one.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let id = self.next_segment_id;
+        let mut seg = Segment::create(&self.dir, id, SegmentKind::Log, self.opts.segment_len, "new")?;
+        let path = self.dir.join(segment::segment_file_name(id, "seg"));
+        if let Err(e) = std::fs::rename(&seg.path, &path) {
+            let _ = std::fs::remove_file(&seg.path);
+            return Err(StorageError::io(format!("rename {} into place", seg.path.display()), e));
+        }
+        seg.path = path;
+        self.next_segment_id += 1;
+        self.dir_dirty = true;
+        if let Some(Some(old)) = self.segments.get_mut(self.active as usize) {
+            old.sealed = true;
+        }
+        self.active = self.add_segment(seg);
+        log::debug!("new log segment id={id}");
+        Ok(())
+    }
+
+    fn add_segment(&mut self, seg: Segment) -> u32 {
+        match self.free_slots.pop() {
+            Some(slot) => {
+                self.segments[slot as usize] = Some(seg);
+                slot
+            }
+            None => {
+                self.segments.push(Some(seg));
+                (self.segments.len() - 1) as u32
+            }
+        }
+    }
+
+    fn take_segment(&mut self, slot: u32) -> Option<Segment> {
+        let seg = self.segments.get_mut(slot as usize)?.take();
+        if seg.is_some() {
+            self.free_slots.push(slot);
+        }
+        seg
+    }
+
+    /// Flushes (msync) everything written since the last flush, and the directory if segments
+    /// were created. Afterwards [`Store::durable_lsn`] equals [`Store::last_lsn`]. Call it once per
+    /// batch of writes (group commit), then acknowledge the batch.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`]/[`StorageError::NoSpace`] if the flush failed. The store is then
+    /// poisoned: the kernel may have dropped the unwritten pages, so later writes fail with
+    /// [`StorageError::Poisoned`] until the store is reopened.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        self.poll_worker()?;
+        let lsn = self.last_lsn;
+        for seg in self.segments.iter_mut().flatten() {
+            if let Err(e) = seg.flush() {
+                self.poisoned = true;
+                log::error!("flush of {} failed, refusing writes until reopened: {e}", seg.path.display());
+                return Err(StorageError::io(format!("msync {}", seg.path.display()), e));
+            }
+        }
+        if self.dir_dirty {
+            if let Err(e) = self.dir_file.sync_all() {
+                self.poisoned = true;
+                return Err(StorageError::io(format!("fsync directory {}", self.dir.display()), e));
+            }
+            self.dir_dirty = false;
+        }
+        self.durable_lsn = self.durable_lsn.max(lsn);
+        Ok(())
+    }
+
+    /// The highest LSN written.
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.last_lsn)
+    }
+
+    /// The highest LSN known to be flushed to the device.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.durable_lsn)
+    }
+
+    /// Does whatever background work is due; call it from the event loop every few milliseconds
+    /// (see [`Store::next_deadline`]). It starts an interval flush when one is due (the flush
+    /// itself runs on the background thread), picks up finished background work, and runs one
+    /// compaction step of at most [`Options::compact_step_budget`]. It returns in about that time.
+    ///
+    /// # Errors
+    /// A background flush or compaction commit failed ([`StorageError::Io`]/`NoSpace`; the store is
+    /// then poisoned), or compaction could not allocate a segment ([`StorageError::NoSpace`]; it is
+    /// retried on a later tick, nothing is lost).
+    pub fn tick(&mut self, now: Instant) -> Result<(), StorageError> {
+        self.poll_worker()?;
+        if self.poisoned {
+            return Ok(());
+        }
+        if let Durability::Interval { ms } = self.opts.durability {
+            let due = self.next_flush.is_none_or(|t| now >= t);
+            if due && !self.flush_in_flight {
+                if self.has_unflushed() {
+                    self.start_background_flush();
+                }
+                self.next_flush = Some(now + Duration::from_millis(ms));
+            }
+        }
+        self.compaction_tick(now)
+    }
+
+    /// When [`Store::tick`] next has work: an interval flush falling due, a compaction in progress
+    /// or waiting to start (then "now"), or background work to pick up. `None` if nothing is
+    /// pending.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.poisoned {
+            return None;
+        }
+        let now = Instant::now();
+        let mut deadline: Option<Instant> = None;
+        let mut at = |t: Instant| deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        if let Durability::Interval { .. } = self.opts.durability {
+            if self.flush_in_flight {
+                at(now + Duration::from_millis(1));
+            } else if self.has_unflushed() {
+                at(self.next_flush.unwrap_or(now));
+            }
+        }
+        match &self.compaction {
+            compaction::State::Idle if self.should_compact() => at(now),
+            compaction::State::Idle => {}
+            compaction::State::Copying(c) => at(c.retry_at.unwrap_or(now)),
+            compaction::State::Committing => at(now + Duration::from_millis(1)),
+        }
+        deadline
+    }
+
+    fn has_unflushed(&self) -> bool {
+        self.dir_dirty || self.segments.iter().flatten().any(|s| !s.is_synced())
+    }
+
+    fn start_background_flush(&mut self) {
+        let mut files = Vec::new();
+        for seg in self.segments.iter_mut().flatten() {
+            if !seg.is_synced() {
+                files.push(Arc::clone(&seg.file));
+                // Counted as flushed now; if the flush fails the store is poisoned anyway.
+                seg.synced_upto = seg.write_off;
+            }
+        }
+        let dir = if std::mem::take(&mut self.dir_dirty) { Some(Arc::clone(&self.dir_file)) } else { None };
+        self.flush_in_flight = true;
+        self.worker.submit(worker::Job::Flush { files, dir, lsn: self.last_lsn });
+    }
+
+    /// Picks up finished background work.
+    fn poll_worker(&mut self) -> Result<(), StorageError> {
+        while let Some(done) = self.worker.try_result() {
+            self.handle_done(done)?;
+        }
+        Ok(())
+    }
+
+    fn handle_done(&mut self, done: worker::Done) -> Result<(), StorageError> {
+        match done {
+            worker::Done::Flushed { lsn, result } => {
+                self.flush_in_flight = false;
+                match result {
+                    Ok(()) => self.durable_lsn = self.durable_lsn.max(lsn),
+                    Err(e) => {
+                        self.poisoned = true;
+                        log::error!("background flush failed, refusing writes until reopened: {e}");
+                        return Err(StorageError::io("background fdatasync", e));
+                    }
+                }
+            }
+            worker::Done::Committed { lsn, result } => self.finish_commit(lsn, result)?,
+        }
+        Ok(())
+    }
+
+    /// Every live record (one per key with a value), in no particular order.
+    pub fn iter_live(&self) -> impl Iterator<Item = Record<'_>> + '_ {
+        let segments = &self.segments;
+        self.index
+            .iter()
+            .filter_map(move |s| record_at(segments, s.seg, s.off).map(|v| Record::from_view(&v)))
+    }
+
+    /// The log from `from` onward: every record with `lsn >= from`, in LSN order, tombstones
+    /// included. `Lsn(0)` means from the beginning.
+    ///
+    /// # Errors
+    /// [`StorageError::Compacted`] if compaction discarded part of that range; `oldest` says from
+    /// where the log is still complete.
+    pub fn log_from(&self, from: Lsn) -> Result<impl Iterator<Item = Record<'_>> + '_, StorageError> {
+        let from = from.0.max(1);
+        if from < self.log_start {
+            return Err(StorageError::Compacted { oldest: Lsn(self.log_start) });
+        }
+        let mut chain: Vec<&Segment> = self
+            .segments
+            .iter()
+            .flatten()
+            .filter(|s| s.kind == SegmentKind::Log && s.min_lsn <= s.max_lsn && s.max_lsn >= from)
+            .collect();
+        chain.sort_by_key(|s| s.min_lsn);
+        Ok(chain.into_iter().flat_map(move |seg| {
+            let mut off = SEGMENT_HEADER_LEN as u32;
+            std::iter::from_fn(move || loop {
+                if off >= seg.write_off {
+                    return None;
+                }
+                let v = format::view_record_unchecked(seg.from(off))?;
+                off += v.len as u32;
+                if v.meta.lsn >= from {
+                    return Some(Record::from_view(&v));
+                }
+            })
+        }))
+    }
+
+    /// Recomputes where the complete log starts: the log segments form a chain of consecutive
+    /// LSN ranges ending at the newest; anything before the chain was compacted.
+    fn recompute_log_start(&mut self) {
+        let mut ranges: Vec<(u64, u64)> = self
+            .segments
+            .iter()
+            .flatten()
+            .filter(|s| s.kind == SegmentKind::Log && s.min_lsn <= s.max_lsn)
+            .map(|s| (s.min_lsn, s.max_lsn))
+            .collect();
+        ranges.sort_unstable();
+        let mut start = self.last_lsn + 1;
+        for &(min, max) in ranges.iter().rev() {
+            if max + 1 >= start {
+                start = start.min(min);
+            } else {
+                break;
+            }
+        }
+        self.log_start = start;
+    }
+
+    /// Counters; cheap enough for a metrics scrape (walks the segment table, not the index).
+    pub fn stats(&self) -> Stats {
+        let (mut live, mut used, mut disk, mut n) = (0u64, 0u64, 0u64, 0u32);
+        for s in self.segments.iter().flatten() {
+            live += s.live_bytes;
+            used += s.used_bytes();
+            disk += s.len() as u64;
+            n += 1;
+        }
+        Stats {
+            keys: self.index.len() as u64,
+            live_bytes: live,
+            dead_bytes: used.saturating_sub(live),
+            disk_bytes: disk,
+            segments: n,
+            last_lsn: Lsn(self.last_lsn),
+            durable_lsn: Lsn(self.durable_lsn),
+            compactions: self.compactions,
+            compacting: !matches!(self.compaction, compaction::State::Idle),
+            log_start: Lsn(self.log_start),
+            index_bytes: self.index.allocation_bytes() as u64,
+        }
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Let a compaction commit that is under way finish and be accounted for; the worker's own
+        // drop would wait for it anyway.
+        while let Some(done) = self.worker.wait_result() {
+            let _ = self.handle_done(done);
+        }
+        if self.opts.durability != Durability::Never && !self.poisoned {
+            if let Err(e) = self.sync() {
+                log::error!("flush on close of {} failed: {e}", self.dir.display());
+            }
+        }
+    }
+}

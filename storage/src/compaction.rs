@@ -1,0 +1,542 @@
+//! Compaction: copy the live records out of segments with many dead ones, then delete them.
+//!
+//! It runs incrementally on the caller's thread, in steps of at most
+//! [`Options::compact_step_budget`](crate::Options::compact_step_budget) inside
+//! [`Store::tick`](crate::Store::tick); the slow parts of committing (fdatasync, fsync of the
+//! directory, rename, unlink, munmap) run on the store's background thread.
+//!
+//! # Steps, and why a crash at any point is safe
+//!
+//! 1. **Choose inputs**: sealed segments (never the active log segment). Note the smallest LSN of
+//!    any segment *not* chosen (`outside_min_lsn`).
+//! 2. **Copy**, a few hundred records per step, into new segments named `*.tmp`:
+//!    - a put record only if the index still points at this very copy (anything else is dead), and
+//!      then the index is pointed at the new copy;
+//!    - a tombstone only if its key has no value now *and* some segment outside the inputs could
+//!      hold an older record of the key (`lsn > outside_min_lsn`). Otherwise dropping it cannot
+//!      bring anything back.
+//!
+//!    Writes go on meanwhile, to the active log segment. Crash here: recovery deletes every `*.tmp`
+//!    file; the inputs are untouched, so the store is as before the compaction.
+//! 3. **Commit** (background thread): fdatasync the outputs *and every other segment with
+//!    unflushed writes*, fsync the directory; write the marker `COMPACT.tmp` listing the
+//!    obsolete and new segment ids with a CRC, fsync it, rename it to `COMPACT` (the commit point),
+//!    fsync the directory. Flushing the other segments first matters: an input may hold a durable
+//!    value whose overwrite has not been flushed yet, and deleting the input must not leave
+//!    neither. Crash before the rename: as in 2. After: see 4.
+//! 4. **Clean up** (background thread): rename each output to `*.seg`, fsync the directory, unmap
+//!    and delete the inputs, fsync the directory, delete `COMPACT`. Crash anywhere here: on open,
+//!    recovery finds `COMPACT` and redoes these steps (they are idempotent) *before* scanning, so
+//!    a half-deleted input set can never be scanned. That matters: with one input deleted and
+//!    another not, a dropped tombstone could let an older value resurrect.
+//!
+//! Copies and originals may coexist (an output and its input; after a crash, before the redo);
+//! recovery keeps the record with the highest LSN per key, so duplicates are harmless.
+//!
+//! What compaction discards: dead values, unneeded tombstones, and with them the
+//! `client_id`/`request_id` of those writes. The at-most-once table rebuilt from the log after a
+//! compaction therefore only knows the writes whose records survived.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::StorageError;
+use crate::format::{self, RecordKind, SegmentKind, SEGMENT_HEADER_LEN};
+use crate::index::Slot;
+use crate::segment::{segment_file_name, Segment};
+use crate::{lookup_key, Store};
+
+/// Name of the commit marker.
+pub(crate) const MARKER: &str = "COMPACT";
+/// Name of the marker while it is being written.
+pub(crate) const MARKER_TMP: &str = "COMPACT.tmp";
+const MARKER_MAGIC: &str = "tandem-compaction 1";
+
+/// How long compaction waits before retrying a segment allocation that failed for lack of space.
+const NO_SPACE_RETRY: Duration = Duration::from_millis(500);
+
+/// Where compaction is.
+pub(crate) enum State {
+    /// Nothing in progress.
+    Idle,
+    /// Copying live records out of the inputs.
+    Copying(Box<Copying>),
+    /// Waiting for the background thread to commit and clean up.
+    Committing,
+}
+
+/// Progress of the copy phase.
+pub(crate) struct Copying {
+    /// Segment-table positions of the inputs.
+    inputs: Vec<u32>,
+    /// Index into `inputs` of the segment being copied.
+    next: usize,
+    /// Offset of the next record to look at in that segment.
+    cursor: u32,
+    /// Positions of the outputs; the last one is being filled.
+    outputs: Vec<u32>,
+    /// Smallest LSN in any segment that is not an input.
+    outside_min_lsn: u64,
+    /// After a failed allocation: not before this.
+    pub retry_at: Option<Instant>,
+    copied_bytes: u64,
+    input_bytes: u64,
+    started: Instant,
+}
+
+/// Everything the background thread needs to commit a compaction.
+pub(crate) struct CommitJob {
+    dir: PathBuf,
+    dir_file: Arc<File>,
+    /// Outputs and every other file with unflushed writes.
+    flush: Vec<Arc<File>>,
+    /// (id, current `.tmp` path, final `.seg` path) of each output.
+    outputs: Vec<(u64, PathBuf, PathBuf)>,
+    /// (id, path) of each input.
+    obsolete: Vec<(u64, PathBuf)>,
+    /// The inputs' mappings, unmapped off the event loop.
+    obsolete_segments: Vec<Segment>,
+    /// Everything up to here is durable once the job succeeds.
+    pub lsn: u64,
+    /// Test hook: pause between steps so crash tests can land in each window.
+    step_delay: Duration,
+}
+
+impl Store {
+    /// Whether the dead-byte thresholds call for a compaction.
+    ///
+    /// Only dead bytes compaction can reclaim count: those in sealed segments beyond what the
+    /// segment had when written (a compaction output starts with the tombstones it had to keep).
+    /// Otherwise kept tombstones could trigger compaction after compaction.
+    pub(crate) fn should_compact(&self) -> bool {
+        if self.poisoned || !matches!(self.compaction, State::Idle) {
+            return false;
+        }
+        let (mut used, mut reclaimable) = (0u64, 0u64);
+        for s in self.segments.iter().flatten() {
+            used += s.used_bytes();
+            if s.sealed {
+                reclaimable += s.reclaimable_bytes();
+            }
+        }
+        reclaimable > 0
+            && reclaimable >= self.opts.compact_min_dead_bytes
+            && reclaimable as f64 >= self.opts.compact_dead_ratio * used as f64
+    }
+
+    /// Inputs: sealed segments with reclaimable bytes; for an automatic compaction only those at
+    /// least as dead as the threshold, if there are any.
+    fn choose_inputs(&self, all: bool) -> Vec<u32> {
+        let candidates = || {
+            self.segments
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
+                .filter(|(i, s)| s.sealed && *i != self.active && s.reclaimable_bytes() > 0)
+        };
+        let ratio = self.opts.compact_dead_ratio;
+        let picked: Vec<u32> = candidates()
+            .filter(|(_, s)| all || s.dead_bytes() as f64 >= ratio * s.used_bytes() as f64)
+            .map(|(i, _)| i)
+            .collect();
+        if picked.is_empty() {
+            candidates().map(|(i, _)| i).collect()
+        } else {
+            picked
+        }
+    }
+
+    fn start_compaction(&mut self, inputs: Vec<u32>, now: Instant) {
+        let outside_min_lsn = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !inputs.contains(&(*i as u32)))
+            .filter_map(|(_, s)| s.as_ref().map(|s| s.min_lsn))
+            .min()
+            .unwrap_or(u64::MAX);
+        let input_bytes =
+            inputs.iter().filter_map(|&i| self.segments[i as usize].as_ref()).map(|s| s.used_bytes()).sum();
+        log::info!("compaction started: inputs={} input_bytes={input_bytes}", inputs.len());
+        self.compaction = State::Copying(Box::new(Copying {
+            inputs,
+            next: 0,
+            cursor: SEGMENT_HEADER_LEN as u32,
+            outputs: Vec::new(),
+            outside_min_lsn,
+            retry_at: None,
+            copied_bytes: 0,
+            input_bytes,
+            started: now,
+        }));
+    }
+
+    /// The compaction part of `tick`: start one if due, or run one bounded step.
+    pub(crate) fn compaction_tick(&mut self, now: Instant) -> Result<(), StorageError> {
+        if matches!(self.compaction, State::Idle) {
+            if !self.should_compact() {
+                return Ok(());
+            }
+            let inputs = self.choose_inputs(false);
+            self.start_compaction(inputs, now);
+        }
+        if let State::Copying(c) = &self.compaction {
+            if c.retry_at.is_some_and(|t| now < t) {
+                return Ok(());
+            }
+            let deadline = now + self.opts.compact_step_budget;
+            if self.copy_step(Some(deadline))? {
+                self.begin_commit();
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a full compaction to completion, waiting for the commit: first any compaction in
+    /// progress, then one over every segment with dead bytes (the active log segment is sealed
+    /// first if it has some). For tests and administration; it blocks.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSpace`] if an output segment cannot be allocated (the compaction stays in
+    /// progress and `tick` retries it); [`StorageError::Poisoned`]; I/O errors of the commit.
+    pub fn compact_now(&mut self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        self.finish_compaction()?;
+        if self.active_segment().is_some_and(|s| s.dead_bytes() > 0) {
+            self.roll()?;
+        }
+        let inputs = self.choose_inputs(true);
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        self.start_compaction(inputs, Instant::now());
+        self.finish_compaction()
+    }
+
+    /// Drives a compaction in progress to completion.
+    fn finish_compaction(&mut self) -> Result<(), StorageError> {
+        loop {
+            match self.compaction {
+                State::Idle => return Ok(()),
+                State::Copying(_) => {
+                    if self.copy_step(None)? {
+                        self.begin_commit();
+                    }
+                }
+                State::Committing => match self.worker.wait_result() {
+                    Some(done) => self.handle_done(done)?,
+                    None => self.compaction = State::Idle,
+                },
+            }
+        }
+    }
+
+    /// Copies records until `deadline` (or the end). Returns whether every input is done.
+    fn copy_step(&mut self, deadline: Option<Instant>) -> Result<bool, StorageError> {
+        let State::Copying(mut c) = std::mem::replace(&mut self.compaction, State::Idle) else {
+            return Ok(false);
+        };
+        let result = self.copy_records(&mut c, deadline);
+        if let Err(StorageError::NoSpace) = result {
+            log::warn!("compaction paused: no space for an output segment; retrying");
+            c.retry_at = Some(Instant::now() + NO_SPACE_RETRY);
+        } else {
+            c.retry_at = None;
+        }
+        self.compaction = State::Copying(c);
+        result
+    }
+
+    fn copy_records(&mut self, c: &mut Copying, deadline: Option<Instant>) -> Result<bool, StorageError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut n = 0u32;
+        let result = loop {
+            if c.next >= c.inputs.len() {
+                break Ok(true);
+            }
+            n += 1;
+            if n % 32 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                break Ok(false);
+            }
+            let in_slot = c.inputs[c.next];
+            let off = c.cursor;
+            // Decide under shared borrows, then copy the record out so the table can be changed.
+            let (keep, hash, lsn, kind) = {
+                let Some(Some(seg)) = self.segments.get(in_slot as usize) else {
+                    c.next += 1;
+                    continue;
+                };
+                let rec =
+                    if off < seg.write_off { format::view_record_unchecked(seg.from(off)) } else { None };
+                let Some(rec) = rec else {
+                    c.next += 1;
+                    c.cursor = SEGMENT_HEADER_LEN as u32;
+                    continue;
+                };
+                let hash = self.index.hash(rec.key);
+                let keep = match rec.meta.kind {
+                    RecordKind::Put => self.index.find(hash, |s| s.seg == in_slot && s.off == off).is_some(),
+                    RecordKind::Tombstone => {
+                        rec.meta.lsn > c.outside_min_lsn && {
+                            let segments = &self.segments;
+                            self.index
+                                .find(hash, |s| s.hash == hash && lookup_key(segments, s) == rec.key)
+                                .is_none()
+                        }
+                    }
+                };
+                if keep {
+                    scratch.clear();
+                    scratch.extend_from_slice(&seg.bytes()[off as usize..off as usize + rec.len]);
+                }
+                c.cursor += rec.len as u32;
+                (keep, hash, rec.meta.lsn, rec.meta.kind)
+            };
+            if !keep {
+                continue;
+            }
+            let out_slot = match self.output_with_room(c, scratch.len()) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    // Not copied after all: look at this record again on the retry.
+                    c.cursor = off;
+                    break Err(e);
+                }
+            };
+            let len = scratch.len() as u64;
+            let out = self.seg_mut(out_slot);
+            let new_off = out.append_raw(&scratch, lsn);
+            c.copied_bytes += len;
+            if kind == RecordKind::Put {
+                out.live_bytes += len;
+                if let Some(slot) = self.index.find_mut(hash, |s| s.seg == in_slot && s.off == off) {
+                    *slot = Slot { hash, seg: out_slot, off: new_off };
+                }
+                let input = self.seg_mut(in_slot);
+                input.live_bytes = input.live_bytes.saturating_sub(len);
+            }
+        };
+        self.scratch = scratch;
+        result
+    }
+
+    /// The output segment to copy a record of `len` bytes into, creating one if needed.
+    fn output_with_room(&mut self, c: &mut Copying, len: usize) -> Result<u32, StorageError> {
+        if let Some(&last) = c.outputs.last() {
+            if self.seg_mut(last).has_room(len) {
+                return Ok(last);
+            }
+            self.seg_mut(last).sealed = true;
+        }
+        let id = self.next_segment_id;
+        let seg = Segment::create(&self.dir, id, SegmentKind::Compacted, self.opts.segment_len, "tmp")?;
+        self.next_segment_id += 1;
+        let slot = self.add_segment(seg);
+        c.outputs.push(slot);
+        Ok(slot)
+    }
+
+    /// Hands the finished copy to the background thread for commit and clean-up.
+    fn begin_commit(&mut self) {
+        let State::Copying(c) = std::mem::replace(&mut self.compaction, State::Committing) else {
+            return;
+        };
+        let mut outputs = Vec::new();
+        for &o in &c.outputs {
+            let seg = self.seg_mut(o);
+            seg.sealed = true;
+            outputs.push((seg.id, seg.path.clone(), seg.path.with_extension("seg")));
+        }
+        let mut obsolete = Vec::new();
+        let mut obsolete_segments = Vec::new();
+        for &i in &c.inputs {
+            if let Some(seg) = self.take_segment(i) {
+                debug_assert_eq!(seg.live_bytes, 0, "compaction input {} still has live records", seg.id);
+                obsolete.push((seg.id, seg.path.clone()));
+                obsolete_segments.push(seg);
+            }
+        }
+        let mut flush = Vec::new();
+        for seg in self.segments.iter_mut().flatten() {
+            if !seg.is_synced() {
+                flush.push(Arc::clone(&seg.file));
+                seg.synced_upto = seg.write_off;
+            }
+        }
+        self.dir_dirty = false;
+        log::info!(
+            "compaction copied: input_bytes={} copied_bytes={} outputs={} in {:?}; committing",
+            c.input_bytes,
+            c.copied_bytes,
+            outputs.len(),
+            c.started.elapsed()
+        );
+        let job = CommitJob {
+            dir: self.dir.clone(),
+            dir_file: Arc::clone(&self.dir_file),
+            flush,
+            outputs,
+            obsolete,
+            obsolete_segments,
+            lsn: self.last_lsn,
+            step_delay: self.opts.debug_commit_step_delay,
+        };
+        self.worker.submit(crate::worker::Job::Commit(Box::new(job)));
+    }
+
+    /// Applies the background thread's verdict on a commit.
+    pub(crate) fn finish_commit(
+        &mut self,
+        lsn: u64,
+        result: Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.compaction = State::Idle;
+        if let Err(e) = result {
+            self.poisoned = true;
+            log::error!("compaction commit failed, refusing writes until reopened: {e}");
+            return Err(e);
+        }
+        for seg in self.segments.iter_mut().flatten() {
+            if seg.path.extension().is_some_and(|e| e == "tmp") {
+                seg.path.set_extension("seg");
+                seg.baseline_dead = seg.dead_bytes();
+            }
+        }
+        self.compactions += 1;
+        self.durable_lsn = self.durable_lsn.max(lsn);
+        let stats = self.stats();
+        self.recompute_log_start();
+        log::info!(
+            "compaction committed: segments={} live_bytes={} dead_bytes={}",
+            stats.segments,
+            stats.live_bytes,
+            stats.dead_bytes
+        );
+        Ok(())
+    }
+}
+
+/// The commit and clean-up, run on the background thread. Each step is described in the module
+/// docs; the order is what makes it crash-safe.
+pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
+    let CommitJob { dir, dir_file, flush, outputs, obsolete, obsolete_segments, lsn: _, step_delay } = job;
+    let pause = || {
+        if !step_delay.is_zero() {
+            std::thread::sleep(step_delay);
+        }
+    };
+    let sync_dir =
+        || dir_file.sync_all().map_err(|e| StorageError::io(format!("fsync directory {}", dir.display()), e));
+    for f in &flush {
+        f.sync_data().map_err(|e| StorageError::io("fdatasync before compaction commit", e))?;
+    }
+    sync_dir()?;
+    pause();
+    let new_ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
+    let old_ids: Vec<u64> = obsolete.iter().map(|o| o.0).collect();
+    write_marker(&dir, &old_ids, &new_ids)?;
+    sync_dir()?;
+    pause();
+    for (_, tmp, fin) in &outputs {
+        fs::rename(tmp, fin).map_err(|e| StorageError::io(format!("rename {}", tmp.display()), e))?;
+        pause();
+    }
+    sync_dir()?;
+    drop(obsolete_segments);
+    for (_, path) in &obsolete {
+        remove_if_exists(path)?;
+        pause();
+    }
+    sync_dir()?;
+    remove_if_exists(&dir.join(MARKER))?;
+    sync_dir()?;
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// Encodes the marker text: magic line, `obsolete <id>` and `new <id>` lines, `crc <hex>`.
+pub(crate) fn encode_marker(obsolete: &[u64], new: &[u64]) -> String {
+    let mut body = format!("{MARKER_MAGIC}\n");
+    for id in obsolete {
+        body.push_str(&format!("obsolete {}\n", segment_file_name(*id, "seg")));
+    }
+    for id in new {
+        body.push_str(&format!("new {}\n", segment_file_name(*id, "seg")));
+    }
+    let crc = crc32fast::hash(body.as_bytes());
+    body.push_str(&format!("crc {crc:08x}\n"));
+    body
+}
+
+/// Parses marker text into (obsolete ids, new ids); `None` if damaged.
+pub(crate) fn parse_marker(text: &str) -> Option<(Vec<u64>, Vec<u64>)> {
+    let crc_at = text.rfind("crc ")?;
+    let (body, crc_line) = text.split_at(crc_at);
+    let crc = u32::from_str_radix(crc_line.strip_prefix("crc ")?.trim_end(), 16).ok()?;
+    if crc != crc32fast::hash(body.as_bytes()) {
+        return None;
+    }
+    let mut lines = body.lines();
+    if lines.next()? != MARKER_MAGIC {
+        return None;
+    }
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    for line in lines {
+        let (what, name) = line.split_once(' ')?;
+        let (id, ext) = crate::segment::parse_segment_file_name(name)?;
+        if ext != "seg" {
+            return None;
+        }
+        match what {
+            "obsolete" => old.push(id),
+            "new" => new.push(id),
+            _ => return None,
+        }
+    }
+    Some((old, new))
+}
+
+fn write_marker(dir: &Path, obsolete: &[u64], new: &[u64]) -> Result<(), StorageError> {
+    let tmp = dir.join(MARKER_TMP);
+    let text = encode_marker(obsolete, new);
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| StorageError::io(ctx("create"), e))?;
+    f.write_all(text.as_bytes()).map_err(|e| StorageError::io(ctx("write"), e))?;
+    f.sync_all().map_err(|e| StorageError::io(ctx("fsync"), e))?;
+    fs::rename(&tmp, dir.join(MARKER)).map_err(|e| StorageError::io(ctx("rename"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trips_and_rejects_damage() {
+        let text = encode_marker(&[1, 2], &[9]);
+        assert_eq!(parse_marker(&text), Some((vec![1, 2], vec![9])));
+        assert_eq!(
+            parse_marker(&text.replace("obsolete 0000000000000002", "obsolete 0000000000000003")),
+            None
+        );
+        assert_eq!(parse_marker(&text[..text.len() - 3]), None);
+        assert_eq!(parse_marker(""), None);
+        assert_eq!(parse_marker(&encode_marker(&[], &[])), Some((vec![], vec![])));
+    }
+}

@@ -1,0 +1,153 @@
+//! [`StorageError`]: every way a storage operation can fail.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::Lsn;
+
+/// Why a stored byte range was judged damaged.
+///
+/// Carried by [`StorageError::Corrupt`] and listed per dropped range in a
+/// [`RepairReport`](crate::RepairReport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// The segment header's magic, version, length or checksum is wrong.
+    BadSegmentHeader,
+    /// The file is shorter than its header says: bytes were cut off the end.
+    Truncated,
+    /// A record header holds an unknown kind, non-zero reserved bits or a length that runs past the
+    /// end of the segment.
+    BadRecordHeader,
+    /// The record's CRC-32 does not match its contents.
+    ChecksumMismatch,
+    /// Non-zero bytes after the end-of-log marker (an all-zero record header).
+    GarbageAfterEnd,
+    /// The compaction commit marker is unreadable or names a segment that does not exist.
+    BadCompactionMarker,
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Corruption::BadSegmentHeader => "bad segment header",
+            Corruption::Truncated => "file shorter than its header says (truncated)",
+            Corruption::BadRecordHeader => "bad record header",
+            Corruption::ChecksumMismatch => "record checksum mismatch",
+            Corruption::GarbageAfterEnd => "non-zero bytes after the end of the log",
+            Corruption::BadCompactionMarker => "bad compaction commit marker",
+        })
+    }
+}
+
+/// Every way a [`Store`](crate::Store) operation can fail.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An I/O call failed; `context` says which step, and names the file where there is one.
+    Io {
+        /// The step that failed, e.g. `"open segment /data/0000000000000001.seg"`.
+        context: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The disk is full (`ENOSPC`/`EDQUOT`): the write was not made; reads keep working.
+    NoSpace,
+    /// Stored data failed verification. Nothing is changed on disk; [`Store::repair`]
+    /// (crate::Store::repair) keeps every valid record and reports what it drops.
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damage within `file`.
+        offset: u64,
+        /// What is wrong there.
+        reason: Corruption,
+    },
+    /// The key is longer than [`Options::max_key_len`](crate::Options::max_key_len).
+    KeyTooLong {
+        /// Length of the refused key.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value (for `append`: the value after appending) is longer than this key allows.
+    ValueTooLong {
+        /// Length of the refused value.
+        len: usize,
+        /// The limit for this key: the smaller of `max_value_len` and `max_payload_len - key_len`.
+        max: usize,
+    },
+    /// Keys must have at least one byte.
+    EmptyKey,
+    /// The data directory is locked by another live process (or another `Store` in this one).
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// An earlier flush failed, so data the kernel reported as written may be lost: writes are
+    /// refused until the store is reopened (which re-verifies the log).
+    Poisoned,
+    /// `log_from` was asked for records that compaction has already discarded.
+    Compacted {
+        /// The oldest LSN from which the log is still complete.
+        oldest: Lsn,
+    },
+    /// The [`Options`](crate::Options) are inconsistent; the message says which field.
+    InvalidOptions(&'static str),
+}
+
+impl StorageError {
+    /// Wraps an I/O error, turning `ENOSPC`/`EDQUOT` into [`StorageError::NoSpace`].
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> StorageError {
+        if is_no_space(&source) {
+            StorageError::NoSpace
+        } else {
+            StorageError::Io { context: context.into(), source }
+        }
+    }
+}
+
+/// Whether an I/O error means "out of disk space".
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+        || e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+        || e.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { context, source } => write!(f, "{context}: {source}"),
+            StorageError::NoSpace => f.write_str("no space left on the storage device"),
+            StorageError::Corrupt { file, offset, reason } => {
+                write!(f, "corrupt data in {} at offset {offset}: {reason}", file.display())
+            }
+            StorageError::KeyTooLong { len, max } => {
+                write!(f, "key of {len} bytes is longer than the limit of {max}")
+            }
+            StorageError::ValueTooLong { len, max } => {
+                write!(f, "value of {len} bytes is longer than the limit of {max} for this key")
+            }
+            StorageError::EmptyKey => f.write_str("empty key"),
+            StorageError::Locked { dir } => {
+                write!(f, "data directory {} is in use by another process", dir.display())
+            }
+            StorageError::Poisoned => {
+                f.write_str("an earlier flush failed; writes are refused until the store is reopened")
+            }
+            StorageError::Compacted { oldest } => {
+                write!(f, "log records before lsn {oldest} were discarded by compaction")
+            }
+            StorageError::InvalidOptions(why) => write!(f, "invalid storage options: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! One preallocated, memory-mapped segment file and its write cursor.
+//!
+//! A segment's blocks are allocated up front with `fallocate`, so writing into the mapping can
+//! never hit a full disk (which, through a mapping, would be a `SIGBUS` rather than an error).
+//! Records are written into the mapping with plain memory copies; a process that dies right after
+//! leaves them in the page cache, from where the kernel writes them back. `flush` (msync) is only
+//! needed against losing power or the kernel.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::error::StorageError;
+use crate::format::{self, SegmentHeader, SegmentKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+
+/// File name of segment `id` with the given extension (`seg`, `tmp` or `new`).
+pub(crate) fn segment_file_name(id: u64, ext: &str) -> String {
+    format!("{id:016x}.{ext}")
+}
+
+/// Parses `0000000000000012.seg` into `(0x12, "seg")`.
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 16 || !stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((u64::from_str_radix(stem, 16).ok()?, ext))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: how many more segment allocations succeed before one fails with `ENOSPC`.
+    pub(crate) static ALLOCS_BEFORE_ENOSPC: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// A mapped segment file.
+pub(crate) struct Segment {
+    /// The id in the file name.
+    pub id: u64,
+    /// Log or compacted.
+    pub kind: SegmentKind,
+    /// Current path (a compaction output moves from `.tmp` to `.seg` when committed).
+    pub path: PathBuf,
+    /// Shared with the background thread, which fsyncs it.
+    pub file: Arc<File>,
+    map: MmapMut,
+    /// End of the last record: where the next one goes.
+    pub write_off: u32,
+    /// Everything before this offset has been flushed.
+    pub synced_upto: u32,
+    /// Bytes of records the index points at.
+    pub live_bytes: u64,
+    /// Smallest and largest LSN of any record in the segment (`u64::MAX`, 0 when empty).
+    pub min_lsn: u64,
+    /// See `min_lsn`.
+    pub max_lsn: u64,
+    /// Dead bytes compaction cannot reclaim: the tombstones a compaction output had to keep.
+    pub baseline_dead: u64,
+    /// No more records will be appended (a newer log segment exists, or compaction finished it).
+    pub sealed: bool,
+}
+
+impl Segment {
+    /// Creates, preallocates and maps a new segment named `{id}.{ext}` in `dir`.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSpace`] if the blocks cannot be allocated; the file is removed again.
+    pub fn create(
+        dir: &Path,
+        id: u64,
+        kind: SegmentKind,
+        len: u64,
+        ext: &str,
+    ) -> Result<Segment, StorageError> {
+        let path = dir.join(segment_file_name(id, ext));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(format!("create segment {}", path.display()), e))?;
+        let result = Self::init_new(file, &path, id, kind, len);
+        if result.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
+    fn init_new(
+        file: File,
+        path: &Path,
+        id: u64,
+        kind: SegmentKind,
+        len: u64,
+    ) -> Result<Segment, StorageError> {
+        #[cfg(test)]
+        if let Some(n) = ALLOCS_BEFORE_ENOSPC.get() {
+            if n == 0 {
+                return Err(StorageError::NoSpace);
+            }
+            ALLOCS_BEFORE_ENOSPC.set(Some(n - 1));
+        }
+        allocate(&file, len)
+            .map_err(|e| StorageError::io(format!("allocate segment {}", path.display()), e))?;
+        let header = SegmentHeader { kind, id, segment_len: len };
+        file.write_all_at(&header.encode(), 0)
+            .map_err(|e| StorageError::io(format!("write segment header {}", path.display()), e))?;
+        let map = map_file(&file, len as usize, path)?;
+        Ok(Segment {
+            id,
+            kind,
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            map,
+            write_off: SEGMENT_HEADER_LEN as u32,
+            synced_upto: 0,
+            live_bytes: 0,
+            min_lsn: u64::MAX,
+            max_lsn: 0,
+            baseline_dead: 0,
+            sealed: false,
+        })
+    }
+
+    /// Opens and maps an existing segment file as it is (its length, whatever the header says).
+    ///
+    /// Returns the segment and its decoded header, or `None` for the header if it is damaged.
+    /// Records are not scanned here; see `recovery`.
+    pub fn open(path: &Path, id: u64) -> Result<(Segment, Option<SegmentHeader>), StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StorageError::io(format!("open segment {}", path.display()), e))?;
+        let len = file.metadata().map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?.len();
+        if len > u32::MAX as u64 {
+            return Err(StorageError::Corrupt {
+                file: path.to_path_buf(),
+                offset: u32::MAX as u64,
+                reason: crate::Corruption::BadSegmentHeader,
+            });
+        }
+        let map = if len == 0 {
+            MmapMut::map_anon(0).map_err(|e| StorageError::io("map", e))?
+        } else {
+            map_file(&file, len as usize, path)?
+        };
+        let header = SegmentHeader::decode(&map).filter(|h| h.id == id);
+        let seg = Segment {
+            id,
+            kind: header.map_or(SegmentKind::Compacted, |h| h.kind),
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            map,
+            write_off: SEGMENT_HEADER_LEN.min(len as usize) as u32,
+            synced_upto: 0,
+            live_bytes: 0,
+            min_lsn: u64::MAX,
+            max_lsn: 0,
+            baseline_dead: 0,
+            sealed: true,
+        };
+        Ok((seg, header))
+    }
+
+    /// The whole mapping.
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Length of the mapping (the file).
+    #[inline]
+    pub fn len(&self) -> u32 {
+        self.map.len() as u32
+    }
+
+    /// Bytes used by records.
+    pub fn used_bytes(&self) -> u64 {
+        (self.write_off as u64).saturating_sub(SEGMENT_HEADER_LEN as u64)
+    }
+
+    /// Bytes of records nothing points at any more.
+    pub fn dead_bytes(&self) -> u64 {
+        self.used_bytes().saturating_sub(self.live_bytes)
+    }
+
+    /// Dead bytes a compaction of this segment would reclaim (roughly: kept tombstones aside).
+    pub fn reclaimable_bytes(&self) -> u64 {
+        self.dead_bytes().saturating_sub(self.baseline_dead)
+    }
+
+    /// Whether a record of `len` bytes fits after the cursor.
+    #[inline]
+    pub fn has_room(&self, len: usize) -> bool {
+        self.write_off as usize + len <= self.map.len()
+    }
+
+    /// The bytes from `off` to the end of the mapping (empty if `off` is out of range).
+    #[inline]
+    pub fn from(&self, off: u32) -> &[u8] {
+        self.map.get(off as usize..).unwrap_or(&[])
+    }
+
+    /// Appends a record: header (already checksummed), key and value parts; returns its offset.
+    ///
+    /// The checksum is stored last, so a record interrupted halfway never looks complete.
+    /// The caller checks `has_room` first.
+    #[inline]
+    pub fn append(&mut self, header: &[u8; RECORD_HEADER_LEN], key: &[u8], value: &[&[u8]], lsn: u64) -> u32 {
+        let off = self.write_off as usize;
+        let value_len: usize = value.iter().map(|p| p.len()).sum();
+        let len = format::record_len(key.len(), value_len);
+        let rec = &mut self.map[off..off + len];
+        rec[format::REC_CRC_START..RECORD_HEADER_LEN].copy_from_slice(&header[format::REC_CRC_START..]);
+        let mut at = RECORD_HEADER_LEN;
+        rec[at..at + key.len()].copy_from_slice(key);
+        at += key.len();
+        for part in value {
+            rec[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        rec[at..].fill(0);
+        rec[..format::REC_CRC_START].copy_from_slice(&header[..format::REC_CRC_START]);
+        self.advance(len, lsn);
+        off as u32
+    }
+
+    /// Appends an already encoded record (compaction's copy); returns its offset.
+    pub fn append_raw(&mut self, record: &[u8], lsn: u64) -> u32 {
+        let off = self.write_off as usize;
+        let rec = &mut self.map[off..off + record.len()];
+        rec[format::REC_CRC_START..].copy_from_slice(&record[format::REC_CRC_START..]);
+        rec[..format::REC_CRC_START].copy_from_slice(&record[..format::REC_CRC_START]);
+        self.advance(record.len(), lsn);
+        off as u32
+    }
+
+    fn advance(&mut self, len: usize, lsn: u64) {
+        self.write_off += len as u32;
+        self.min_lsn = self.min_lsn.min(lsn);
+        self.max_lsn = self.max_lsn.max(lsn);
+    }
+
+    /// Zeroes `from..to` of the mapping (cutting a torn tail).
+    pub fn zero(&mut self, from: usize, to: usize) {
+        let to = to.min(self.map.len());
+        if from < to {
+            self.map[from..to].fill(0);
+        }
+    }
+
+    /// Whether everything written has been flushed.
+    pub fn is_synced(&self) -> bool {
+        self.synced_upto >= self.write_off
+    }
+
+    /// msyncs the bytes written since the last flush.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.is_synced() {
+            return Ok(());
+        }
+        let from = self.synced_upto as usize;
+        self.map.flush_range(from, self.write_off as usize - from)?;
+        self.synced_upto = self.write_off;
+        Ok(())
+    }
+}
+
+/// Allocates real blocks for `len` bytes. `set_len` alone would leave a sparse file, and a write
+/// into a hole of a mapped sparse file on a full disk kills the process with `SIGBUS`.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            // No fallocate on this file system: allocate by writing zeros.
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn map_file(file: &File, len: usize, path: &Path) -> Result<MmapMut, StorageError> {
+    // SAFETY: the mapping is shared and writable. The data directory is locked (see `Store::open`),
+    // so no other process of ours writes or truncates this file while it is mapped, and `len` is at
+    // most the file's current length, so every mapped page is backed by the file. Memory handed
+    // out from the mapping is only ever read through `&self` borrows of the `Segment`, and writes
+    // need `&mut self`, so Rust's aliasing rules hold for everything this process does. A foreign
+    // process truncating the file would cause SIGBUS; that is documented as unsupported.
+    unsafe { MmapOptions::new().len(len).map_mut(file) }
+        .map_err(|e| StorageError::io(format!("map segment {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{encode_record_header, parse_record, Parsed, RecordKind, RecordMeta};
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(segment_file_name(0x1f, "seg"), "000000000000001f.seg");
+        assert_eq!(parse_segment_file_name("000000000000001f.seg"), Some((0x1f, "seg")));
+        assert_eq!(parse_segment_file_name("1f.seg"), None);
+        assert_eq!(parse_segment_file_name("LOCK"), None);
+    }
+
+    #[test]
+    fn create_append_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 1, SegmentKind::Log, 16384, "seg").unwrap();
+        let meta = RecordMeta { kind: RecordKind::Put, lsn: 1, timestamp: 1, client_id: 0, request_id: 0 };
+        let h = encode_record_header(&meta, b"k", &[b"v1", b"v2"]);
+        let off = seg.append(&h, b"k", &[b"v1", b"v2"], 1);
+        assert_eq!(off as usize, SEGMENT_HEADER_LEN);
+        seg.flush().unwrap();
+        drop(seg);
+        let (seg, header) = Segment::open(&dir.path().join(segment_file_name(1, "seg")), 1).unwrap();
+        assert_eq!(header.unwrap().kind, SegmentKind::Log);
+        let Parsed::Record(r) = parse_record(seg.from(off)) else { panic!() };
+        assert_eq!(r.value, b"v1v2");
+        assert!(std::fs::metadata(&seg.path).unwrap().len() == 16384);
+    }
+}

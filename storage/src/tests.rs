@@ -1,0 +1,284 @@
+//! Unit tests of the store as a whole; scenario tests live in `storage/tests/`.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const M: WriteMeta = WriteMeta { client_id: 0, request_id: 0 };
+
+fn small() -> Options {
+    Options { segment_len: 16 << 10, compact_min_dead_bytes: u64::MAX, ..Options::default() }
+}
+
+fn val(i: u32, len: usize) -> Vec<u8> {
+    let mut v = format!("{i}:").into_bytes();
+    v.resize(len, b'a' + (i % 26) as u8);
+    v
+}
+
+#[test]
+fn put_get_delete_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    assert_eq!(s.last_lsn(), Lsn(0));
+    assert_eq!(s.put(b"a", b"1", WriteMeta { client_id: 5, request_id: 6 }).unwrap(), Lsn(1));
+    assert_eq!(s.get(b"a"), Some(Entry { value: b"1", version: 1 }));
+    assert_eq!(s.append(b"a", b"23", M).unwrap(), Lsn(2));
+    assert_eq!(s.get(b"a").unwrap().value, b"123");
+    assert_eq!(s.append(b"new", b"x", M).unwrap(), Lsn(3));
+    assert_eq!(s.get(b"new").unwrap().value, b"x");
+    assert_eq!(s.delete(b"a", M).unwrap(), Some(Lsn(4)));
+    assert_eq!(s.delete(b"a", M).unwrap(), None);
+    assert_eq!(s.get(b"a"), None);
+    assert_eq!(s.last_lsn(), Lsn(4));
+    let st = s.stats();
+    assert_eq!(st.keys, 1);
+    assert!(st.dead_bytes > 0 && st.live_bytes > 0);
+    let live: Vec<_> = s.iter_live().map(|r| (r.key.to_vec(), r.value.to_vec())).collect();
+    assert_eq!(live, vec![(b"new".to_vec(), b"x".to_vec())]);
+    let log: Vec<_> = s.log_from(Lsn(0)).unwrap().map(|r| (r.lsn.0, r.tombstone, r.client_id)).collect();
+    assert_eq!(log, vec![(1, false, 5), (2, false, 0), (3, false, 0), (4, true, 0)]);
+    let log: Vec<_> = s.log_from(Lsn(3)).unwrap().map(|r| r.lsn.0).collect();
+    assert_eq!(log, vec![3, 4]);
+    drop(s);
+    let s = Store::open(dir.path(), small()).unwrap();
+    assert_eq!(s.get(b"a"), None);
+    assert_eq!(s.get(b"new"), Some(Entry { value: b"x", version: 3 }));
+    assert_eq!(s.last_lsn(), Lsn(4));
+    assert_eq!(s.durable_lsn(), Lsn(4));
+    assert_eq!(s.recovery_report().records, 4);
+}
+
+#[test]
+fn limits_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), Options::default()).unwrap();
+    assert!(matches!(s.put(b"", b"v", M), Err(StorageError::EmptyKey)));
+    let long_key = vec![b'k'; 1025];
+    assert!(matches!(s.put(&long_key, b"v", M), Err(StorageError::KeyTooLong { len: 1025, max: 1024 })));
+    let key = vec![b'k'; 48];
+    assert!(s.put(&key, &vec![0; 4000], M).is_ok());
+    assert!(matches!(
+        s.put(&key, &vec![0; 4001], M),
+        Err(StorageError::ValueTooLong { len: 4001, max: 4000 })
+    ));
+    assert!(matches!(s.append(&key, b"x", M), Err(StorageError::ValueTooLong { len: 4001, max: 4000 })));
+    assert_eq!(s.get(&key).unwrap().value.len(), 4000);
+    assert!(s.put(b"k", &vec![1; 4047], M).is_ok());
+    assert_eq!(s.last_lsn(), Lsn(2));
+}
+
+#[test]
+fn second_open_is_refused_while_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), small()).unwrap();
+    let err = Store::open(dir.path(), small()).err().unwrap();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    assert!(matches!(Store::repair(dir.path(), &small()), Err(StorageError::Locked { .. })));
+    drop(s);
+    Store::open(dir.path(), small()).unwrap();
+}
+
+#[test]
+fn segments_roll_and_everything_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    for i in 0..200 {
+        s.put(format!("key{i}").as_bytes(), &val(i, 500), M).unwrap();
+    }
+    assert!(s.stats().segments > 5);
+    drop(s);
+    let s = Store::open(dir.path(), small()).unwrap();
+    for i in 0..200 {
+        assert_eq!(s.get(format!("key{i}").as_bytes()).unwrap().value, val(i, 500));
+    }
+    assert_eq!(s.log_from(Lsn(1)).unwrap().count(), 200);
+}
+
+#[test]
+fn compaction_keeps_live_data_drops_dead_and_deleted_stays_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    for round in 0..5 {
+        for i in 0..50 {
+            s.put(format!("key{i}").as_bytes(), &val(i + round, 300), M).unwrap();
+        }
+    }
+    for i in 0..25 {
+        s.delete(format!("key{i}").as_bytes(), M).unwrap();
+    }
+    let before = s.stats();
+    s.compact_now().unwrap();
+    let after = s.stats();
+    assert_eq!(after.compactions, 1);
+    assert_eq!(after.keys, 25);
+    assert!(after.disk_bytes < before.disk_bytes, "{before:?} {after:?}");
+    assert!(matches!(s.log_from(Lsn(1)), Err(StorageError::Compacted { .. })));
+    let check = |s: &Store| {
+        for i in 0..50 {
+            let got = s.get(format!("key{i}").as_bytes()).map(|e| e.value.to_vec());
+            assert_eq!(got, if i < 25 { None } else { Some(val(i + 4, 300)) }, "key{i}");
+        }
+    };
+    check(&s);
+    s.put(b"after", b"compaction", M).unwrap();
+    drop(s);
+    let s = Store::open(dir.path(), small()).unwrap();
+    check(&s);
+    assert_eq!(s.get(b"after").unwrap().value, b"compaction");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".seg") || n == "LOCK"), "{names:?}");
+}
+
+#[test]
+fn log_from_reports_where_the_log_restarts_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    for i in 0..100 {
+        s.put(b"same", &val(i, 400), M).unwrap();
+    }
+    s.compact_now().unwrap();
+    let Err(StorageError::Compacted { oldest }) = s.log_from(Lsn(1)) else { panic!("expected Compacted") };
+    assert_eq!(oldest, Lsn(101));
+    s.put(b"x", b"y", M).unwrap();
+    let lsns: Vec<u64> = s.log_from(oldest).unwrap().map(|r| r.lsn.0).collect();
+    assert_eq!(lsns, vec![101]);
+    assert_eq!(s.log_from(Lsn(500)).unwrap().count(), 0);
+}
+
+#[test]
+fn automatic_compaction_runs_in_bounded_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { compact_min_dead_bytes: 64 << 10, compact_dead_ratio: 0.5, ..small() };
+    let mut s = Store::open(dir.path(), opts).unwrap();
+    for i in 0..3000u32 {
+        s.put(format!("k{}", i % 40).as_bytes(), &val(i, 200), M).unwrap();
+        s.tick(Instant::now()).unwrap();
+    }
+    let mut ticks = 0;
+    while s.stats().compacting || s.next_deadline().is_some_and(|d| d <= Instant::now()) {
+        let t = Instant::now();
+        s.tick(t).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(50), "tick took {:?}", t.elapsed());
+        ticks += 1;
+        assert!(ticks < 10_000);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let st = s.stats();
+    assert!(st.compactions >= 1, "{st:?}");
+    assert!(st.segments < 10, "{st:?}");
+    for i in 2960..3000u32 {
+        assert_eq!(s.get(format!("k{}", i % 40).as_bytes()).unwrap().value, val(i, 200));
+    }
+}
+
+#[test]
+fn sync_and_interval_flush_advance_durable_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), Options { durability: Durability::Always, ..small() }).unwrap();
+    s.put(b"a", b"b", M).unwrap();
+    assert_eq!(s.durable_lsn(), Lsn(0));
+    s.sync().unwrap();
+    assert_eq!(s.durable_lsn(), Lsn(1));
+    drop(s);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s =
+        Store::open(dir.path(), Options { durability: Durability::Interval { ms: 5 }, ..small() }).unwrap();
+    s.put(b"a", b"b", M).unwrap();
+    assert!(s.next_deadline().is_some());
+    let start = Instant::now();
+    while s.durable_lsn() < Lsn(1) {
+        s.tick(Instant::now()).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(s.next_deadline(), None);
+}
+
+#[test]
+fn full_disk_fails_the_write_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    segment::ALLOCS_BEFORE_ENOSPC.set(Some(0));
+    let mut written = 0u32;
+    let err = loop {
+        match s.put(format!("key{written}").as_bytes(), &val(written, 1000), M) {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, StorageError::NoSpace), "{err}");
+    assert!(written > 5);
+    // Still readable, still refusing cleanly, and no stray files.
+    assert!(matches!(s.put(b"more", &val(0, 1000), M), Err(StorageError::NoSpace)));
+    assert_eq!(s.get(b"key0").unwrap().value, val(0, 1000));
+    assert!(s.put(b"small", b"fits", M).is_ok(), "a record that fits the current segment still works");
+    segment::ALLOCS_BEFORE_ENOSPC.set(None);
+    s.put(b"more", &val(0, 1000), M).unwrap();
+    drop(s);
+    let s = Store::open(dir.path(), small()).unwrap();
+    for i in 0..written {
+        assert_eq!(s.get(format!("key{i}").as_bytes()).unwrap().value, val(i, 1000));
+    }
+    assert_eq!(s.get(b"small").unwrap().value, b"fits");
+}
+
+#[test]
+fn compaction_pauses_when_the_disk_is_full_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), Options { compact_min_dead_bytes: 1, ..small() }).unwrap();
+    for i in 0..200u32 {
+        s.put(format!("k{}", i % 20).as_bytes(), &val(i, 300), M).unwrap();
+    }
+    segment::ALLOCS_BEFORE_ENOSPC.set(Some(0));
+    assert!(matches!(s.tick(Instant::now()), Err(StorageError::NoSpace)));
+    assert!(s.stats().compacting);
+    for i in 180..200u32 {
+        assert_eq!(s.get(format!("k{}", i % 20).as_bytes()).unwrap().value, val(i, 300));
+    }
+    segment::ALLOCS_BEFORE_ENOSPC.set(None);
+    s.compact_now().unwrap();
+    assert!(!s.stats().compacting);
+    assert!(s.stats().compactions >= 1);
+    for i in 180..200u32 {
+        assert_eq!(s.get(format!("k{}", i % 20).as_bytes()).unwrap().value, val(i, 300));
+    }
+}
+
+#[test]
+fn durability_parses_and_prints() {
+    for (s, d) in [
+        ("always", Durability::Always),
+        ("never", Durability::Never),
+        ("interval:250", Durability::Interval { ms: 250 }),
+    ] {
+        assert_eq!(s.parse::<Durability>().unwrap(), d);
+        assert_eq!(d.to_string(), s);
+    }
+    for bad in ["", "Always", "interval", "interval:", "interval:0", "interval:-3", "interval:x", "sometimes"]
+    {
+        let err = bad.parse::<Durability>().unwrap_err();
+        assert!(err.to_string().contains("interval:MS"), "{err}");
+    }
+}
+
+#[test]
+fn options_are_validated() {
+    assert!(Options::default().validate().is_ok());
+    for bad in [
+        Options { segment_len: 4096, ..Options::default() },
+        Options { segment_len: (64 << 10) + 1, ..Options::default() },
+        Options { max_key_len: 0, ..Options::default() },
+        Options { compact_dead_ratio: 0.0, ..Options::default() },
+        Options { compact_dead_ratio: 1.5, ..Options::default() },
+        Options { durability: Durability::Interval { ms: 0 }, ..Options::default() },
+    ] {
+        assert!(matches!(bad.validate(), Err(StorageError::InvalidOptions(_))), "{bad:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(Store::open(dir.path(), Options { segment_len: 1000, ..Options::default() }).is_err());
+}

@@ -1,0 +1,116 @@
+//! The store's background thread: slow file-system work that must not run on the event loop.
+//!
+//! `tick()` never waits for it. It hands over a job and later picks up the result with
+//! [`Worker::try_result`]. Jobs run in submission order, one at a time.
+
+use std::fs::File;
+use std::io;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::error::StorageError;
+
+/// Work for the background thread.
+pub(crate) enum Job {
+    /// fdatasync these files (then the directory, if given): the interval flush.
+    Flush { files: Vec<Arc<File>>, dir: Option<Arc<File>>, lsn: u64 },
+    /// Make a compaction durable and delete what it replaced; see `compaction::commit`.
+    Commit(Box<crate::compaction::CommitJob>),
+}
+
+/// What a finished job reports.
+pub(crate) enum Done {
+    /// A `Flush` job finished; on success everything up to `lsn` is durable.
+    Flushed { lsn: u64, result: io::Result<()> },
+    /// A `Commit` job finished; on success everything up to `lsn` is durable too.
+    Committed { lsn: u64, result: Result<(), StorageError> },
+}
+
+/// Handle to the background thread; dropping it waits for queued jobs to finish.
+pub(crate) struct Worker {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    thread: Option<JoinHandle<()>>,
+    /// Jobs submitted whose result has not been picked up yet.
+    pub in_flight: usize,
+}
+
+impl Worker {
+    /// Starts the thread.
+    pub fn start() -> Result<Worker, StorageError> {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let thread = std::thread::Builder::new()
+            .name("storage-bg".into())
+            .spawn(move || run(jobs_rx, done_tx))
+            .map_err(|e| StorageError::io("start storage background thread", e))?;
+        Ok(Worker { jobs: Some(jobs_tx), done: done_rx, thread: Some(thread), in_flight: 0 })
+    }
+
+    /// Queues a job.
+    pub fn submit(&mut self, job: Job) {
+        if let Some(tx) = &self.jobs {
+            if tx.send(job).is_ok() {
+                self.in_flight += 1;
+            }
+        }
+    }
+
+    /// A finished job's result, if one is ready.
+    pub fn try_result(&mut self) -> Option<Done> {
+        match self.done.try_recv() {
+            Ok(d) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                Some(d)
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+
+    /// Waits for the next result (used by `compact_now` and when closing).
+    pub fn wait_result(&mut self) -> Option<Done> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let d = self.done.recv().ok();
+        self.in_flight = self.in_flight.saturating_sub(1);
+        d
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after the queued jobs.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("storage background thread panicked");
+            }
+        }
+    }
+}
+
+fn run(jobs: Receiver<Job>, done: Sender<Done>) {
+    while let Ok(job) = jobs.recv() {
+        let report = match job {
+            Job::Flush { files, dir, lsn } => Done::Flushed { lsn, result: flush(&files, dir.as_deref()) },
+            Job::Commit(job) => {
+                let lsn = job.lsn;
+                Done::Committed { lsn, result: crate::compaction::commit(*job) }
+            }
+        };
+        // If the store is gone nobody listens; the queue is still finished (a commit must complete).
+        let _ = done.send(report);
+    }
+}
+
+fn flush(files: &[Arc<File>], dir: Option<&File>) -> io::Result<()> {
+    for f in files {
+        f.sync_data()?;
+    }
+    if let Some(d) = dir {
+        d.sync_all()?;
+    }
+    Ok(())
+}

@@ -334,7 +334,14 @@ impl Store {
             self.seg_mut(last).sealed = true;
         }
         let id = self.next_segment_id;
-        let seg = Segment::create(&self.dir, id, SegmentKind::Compacted, self.opts.segment_len, "tmp")?;
+        let seg = Segment::create(
+            &self.dir,
+            id,
+            SegmentKind::Compacted,
+            self.opts.segment_len,
+            self.last_lsn,
+            "tmp",
+        )?;
         self.next_segment_id += 1;
         let slot = self.add_segment(seg);
         c.outputs.push(slot);
@@ -369,6 +376,8 @@ impl Store {
             }
         }
         self.dir_dirty = false;
+        // The inputs' records are gone from this process's view of the log already.
+        self.recompute_log_start();
         log::info!(
             "compaction copied: input_bytes={} copied_bytes={} outputs={} in {:?}; committing",
             c.input_bytes,

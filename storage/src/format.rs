@@ -14,7 +14,7 @@
 //!       7     1  flags        0
 //!       8     8  id           the number in the file name
 //!      16     8  segment_len  the file's length when it was created
-//!      24     8  reserved     0
+//!      24     8  base_lsn     last LSN written anywhere when the segment was created
 //!      32     4  crc          CRC-32 (IEEE) of bytes 0 .. 32
 //!      36     4  reserved     0
 //!
@@ -50,10 +50,12 @@ pub const SEG_FLAGS_OFFSET: usize = SEG_KIND_OFFSET + size_of::<u8>();
 pub const SEG_ID_OFFSET: usize = SEG_FLAGS_OFFSET + size_of::<u8>();
 /// Offset of the segment length.
 pub const SEG_LEN_OFFSET: usize = SEG_ID_OFFSET + size_of::<u64>();
-/// Offset of the reserved word.
-pub const SEG_RESERVED_OFFSET: usize = SEG_LEN_OFFSET + size_of::<u64>();
+/// Offset of the base LSN: the store's last LSN when the segment was created. Recovery takes
+/// the highest LSN from records *and* these, so LSNs never go back even when compaction has
+/// discarded every record carrying the highest ones.
+pub const SEG_BASE_LSN_OFFSET: usize = SEG_LEN_OFFSET + size_of::<u64>();
 /// Offset of the segment header checksum.
-pub const SEG_CRC_OFFSET: usize = SEG_RESERVED_OFFSET + size_of::<u64>();
+pub const SEG_CRC_OFFSET: usize = SEG_BASE_LSN_OFFSET + size_of::<u64>();
 /// Offset of the trailing reserved word.
 pub const SEG_RESERVED2_OFFSET: usize = SEG_CRC_OFFSET + size_of::<u32>();
 /// Length of the segment header; the first record starts here.
@@ -118,6 +120,8 @@ pub struct SegmentHeader {
     pub id: u64,
     /// The file length at creation.
     pub segment_len: u64,
+    /// The store's last LSN when the segment was created.
+    pub base_lsn: u64,
 }
 
 impl SegmentHeader {
@@ -128,7 +132,8 @@ impl SegmentHeader {
         b[SEG_VERSION_OFFSET..SEG_KIND_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[SEG_KIND_OFFSET] = self.kind as u8;
         b[SEG_ID_OFFSET..SEG_LEN_OFFSET].copy_from_slice(&self.id.to_le_bytes());
-        b[SEG_LEN_OFFSET..SEG_RESERVED_OFFSET].copy_from_slice(&self.segment_len.to_le_bytes());
+        b[SEG_LEN_OFFSET..SEG_BASE_LSN_OFFSET].copy_from_slice(&self.segment_len.to_le_bytes());
+        b[SEG_BASE_LSN_OFFSET..SEG_CRC_OFFSET].copy_from_slice(&self.base_lsn.to_le_bytes());
         let crc = crc32fast::hash(&b[..SEG_CRC_OFFSET]);
         b[SEG_CRC_OFFSET..SEG_RESERVED2_OFFSET].copy_from_slice(&crc.to_le_bytes());
         b
@@ -140,7 +145,6 @@ impl SegmentHeader {
         if b[SEG_MAGIC_OFFSET..SEG_VERSION_OFFSET] != SEGMENT_MAGIC
             || u16_at(b, SEG_VERSION_OFFSET) != FORMAT_VERSION
             || b[SEG_FLAGS_OFFSET] != 0
-            || u64_at(b, SEG_RESERVED_OFFSET) != 0
             || u32_at(b, SEG_RESERVED2_OFFSET) != 0
             || u32_at(b, SEG_CRC_OFFSET) != crc32fast::hash(&b[..SEG_CRC_OFFSET])
         {
@@ -151,7 +155,12 @@ impl SegmentHeader {
             2 => SegmentKind::Compacted,
             _ => return None,
         };
-        Some(SegmentHeader { kind, id: u64_at(b, SEG_ID_OFFSET), segment_len: u64_at(b, SEG_LEN_OFFSET) })
+        Some(SegmentHeader {
+            kind,
+            id: u64_at(b, SEG_ID_OFFSET),
+            segment_len: u64_at(b, SEG_LEN_OFFSET),
+            base_lsn: u64_at(b, SEG_BASE_LSN_OFFSET),
+        })
     }
 }
 
@@ -399,7 +408,7 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let h = SegmentHeader { kind: SegmentKind::Compacted, id: 42, segment_len: 1 << 20 };
+        let h = SegmentHeader { kind: SegmentKind::Compacted, id: 42, segment_len: 1 << 20, base_lsn: 77 };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Some(h));
         for i in 0..SEGMENT_HEADER_LEN {

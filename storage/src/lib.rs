@@ -539,7 +539,8 @@ impl Store {
     /// Seals the active log segment and starts a new one.
     fn roll(&mut self) -> Result<(), StorageError> {
         let id = self.next_segment_id;
-        let mut seg = Segment::create(&self.dir, id, SegmentKind::Log, self.opts.segment_len, "new")?;
+        let mut seg =
+            Segment::create(&self.dir, id, SegmentKind::Log, self.opts.segment_len, self.last_lsn, "new")?;
         let path = self.dir.join(segment::segment_file_name(id, "seg"));
         if let Err(e) = std::fs::rename(&seg.path, &path) {
             let _ = std::fs::remove_file(&seg.path);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::compaction::{self, MARKER, MARKER_TMP};
 use crate::error::{Corruption, StorageError};
-use crate::format::{self, Parsed, RecordKind, RecordView, SegmentKind, SEGMENT_HEADER_LEN};
+use crate::format::{self, Parsed, RecordKind, RecordView, SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
 use crate::index::{Index, Slot};
 use crate::segment::{parse_segment_file_name, segment_file_name, Segment};
 use crate::{lookup_key, record_at, Lsn, Options, Store};
@@ -335,7 +335,7 @@ fn last_nonzero_end(b: &[u8]) -> usize {
 }
 
 /// Opens segment `id` and checks its header and length against the file.
-fn open_checked(path: &Path, id: u64) -> Result<Segment, StorageError> {
+fn open_checked(path: &Path, id: u64) -> Result<(Segment, SegmentHeader), StorageError> {
     let (seg, header) = Segment::open(path, id)?;
     let corrupt = |offset: u64, reason| StorageError::Corrupt { file: path.to_path_buf(), offset, reason };
     let Some(header) = header else {
@@ -344,7 +344,7 @@ fn open_checked(path: &Path, id: u64) -> Result<Segment, StorageError> {
     if header.segment_len != seg.len() as u64 {
         return Err(corrupt(seg.len() as u64, Corruption::Truncated));
     }
-    Ok(seg)
+    Ok((seg, header))
 }
 
 pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
@@ -359,8 +359,12 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
     report.removed = remove_leftovers(dir, &dir_file)?;
 
     let mut segments: Vec<Option<Segment>> = Vec::new();
+    // LSNs never go back: segment headers remember the last LSN at their creation.
+    let mut last_lsn = 0u64;
     for (id, _, path) in list_files(dir)? {
-        segments.push(Some(open_checked(&path, id)?));
+        let (seg, header) = open_checked(&path, id)?;
+        last_lsn = last_lsn.max(header.base_lsn);
+        segments.push(Some(seg));
     }
     let last_log = segments.iter().rposition(|s| s.as_ref().is_some_and(|s| s.kind == SegmentKind::Log));
 
@@ -374,7 +378,6 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
     let mut lsn_range = vec![(u64::MAX, 0u64); n];
     let mut tombstones: Vec<Slot> = Vec::new();
     let mut torn: Option<(usize, Damage)> = None;
-    let mut last_lsn = 0u64;
     for i in 0..n {
         let Some(seg) = segments[i].as_ref() else { continue };
         let segs = &segments;
@@ -608,7 +611,14 @@ pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, Storage
         // between leaves both, which is harmless (same LSNs) and repairable again.
         let len =
             (seg.len() as u64).next_multiple_of(4096).clamp(crate::MIN_SEGMENT_LEN, crate::MAX_SEGMENT_LEN);
-        let mut out = Segment::create(dir, next_id, SegmentKind::Compacted, len, "new")?;
+        let mut out = Segment::create(
+            dir,
+            next_id,
+            SegmentKind::Compacted,
+            len,
+            header.map_or(0, |h| h.base_lsn),
+            "new",
+        )?;
         for &(off, rlen) in &kept {
             let rec = &seg.bytes()[off as usize..(off + rlen) as usize];
             let lsn = format::view_record_unchecked(rec).map_or(0, |r| r.meta.lsn);

@@ -74,6 +74,7 @@ impl Segment {
         id: u64,
         kind: SegmentKind,
         len: u64,
+        base_lsn: u64,
         ext: &str,
     ) -> Result<Segment, StorageError> {
         let path = dir.join(segment_file_name(id, ext));
@@ -83,20 +84,15 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| StorageError::io(format!("create segment {}", path.display()), e))?;
-        let result = Self::init_new(file, &path, id, kind, len);
+        let result = Self::init_new(file, &path, SegmentHeader { kind, id, segment_len: len, base_lsn });
         if result.is_err() {
             let _ = fs::remove_file(&path);
         }
         result
     }
 
-    fn init_new(
-        file: File,
-        path: &Path,
-        id: u64,
-        kind: SegmentKind,
-        len: u64,
-    ) -> Result<Segment, StorageError> {
+    fn init_new(file: File, path: &Path, header: SegmentHeader) -> Result<Segment, StorageError> {
+        let SegmentHeader { kind, id, segment_len: len, .. } = header;
         #[cfg(test)]
         if let Some(n) = ALLOCS_BEFORE_ENOSPC.get() {
             if n == 0 {
@@ -106,7 +102,6 @@ impl Segment {
         }
         allocate(&file, len)
             .map_err(|e| StorageError::io(format!("allocate segment {}", path.display()), e))?;
-        let header = SegmentHeader { kind, id, segment_len: len };
         file.write_all_at(&header.encode(), 0)
             .map_err(|e| StorageError::io(format!("write segment header {}", path.display()), e))?;
         let map = map_file(&file, len as usize, path)?;
@@ -318,7 +313,7 @@ mod tests {
     #[test]
     fn create_append_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 1, SegmentKind::Log, 16384, "seg").unwrap();
+        let mut seg = Segment::create(dir.path(), 1, SegmentKind::Log, 16384, 0, "seg").unwrap();
         let meta = RecordMeta { kind: RecordKind::Put, lsn: 1, timestamp: 1, client_id: 0, request_id: 0 };
         let h = encode_record_header(&meta, b"k", &[b"v1", b"v2"]);
         let off = seg.append(&h, b"k", &[b"v1", b"v2"], 1);

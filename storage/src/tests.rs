@@ -282,3 +282,20 @@ fn options_are_validated() {
     let dir = tempfile::tempdir().unwrap();
     assert!(Store::open(dir.path(), Options { segment_len: 1000, ..Options::default() }).is_err());
 }
+
+/// Regression: compaction dropped the only records (a put and its tombstone), and after a reopen
+/// LSNs started again at 1, reusing numbers a backup had already seen. Segment headers now carry
+/// the store's last LSN at their creation.
+#[test]
+fn lsn_never_goes_back_after_compaction_discards_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    s.put(b"k", &[7; 3000], M).unwrap();
+    s.delete(b"k", M).unwrap();
+    s.compact_now().unwrap();
+    assert_eq!(s.stats().live_bytes + s.stats().dead_bytes, 0);
+    drop(s);
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    assert_eq!(s.last_lsn(), Lsn(2));
+    assert_eq!(s.put(b"k", b"v", M).unwrap(), Lsn(3));
+}

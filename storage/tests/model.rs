@@ -1,0 +1,156 @@
+//! Model-based test: random put/delete/append/reopen/compact/tick sequences against a `HashMap`,
+//! checking every key after every step.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use proptest::prelude::*;
+use storage::{Durability, Lsn, Options, StorageError, Store, WriteMeta};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { key: usize, len: usize, fill: u8 },
+    Delete { key: usize },
+    Append { key: usize, len: usize, fill: u8 },
+    Reopen,
+    Compact,
+    Tick { steps: usize },
+}
+
+const KEYS: usize = 12;
+
+fn key(i: usize) -> Vec<u8> {
+    // Mostly short keys, some long ones, so both small and near-limit records occur.
+    let mut k = format!("key-{i}").into_bytes();
+    if i % 4 == 0 {
+        k.resize(300 + i, b'#');
+    }
+    k
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..KEYS, 0usize..800, any::<u8>()).prop_map(|(key, len, fill)| Op::Put { key, len, fill }),
+        1 => (0..KEYS, 3000usize..3800, any::<u8>()).prop_map(|(key, len, fill)| Op::Put { key, len, fill }),
+        3 => (0..KEYS).prop_map(|key| Op::Delete { key }),
+        3 => (0..KEYS, 0usize..400, any::<u8>()).prop_map(|(key, len, fill)| Op::Append { key, len, fill }),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Compact),
+        2 => (1usize..50).prop_map(|steps| Op::Tick { steps }),
+    ]
+}
+
+fn opts() -> Options {
+    Options {
+        segment_len: 16 << 10,
+        compact_min_dead_bytes: 8 << 10,
+        compact_dead_ratio: 0.3,
+        compact_step_budget: std::time::Duration::from_micros(20),
+        durability: Durability::Never,
+        ..Options::default()
+    }
+}
+
+fn value(len: usize, fill: u8, salt: u64) -> Vec<u8> {
+    (0..len).map(|i| fill.wrapping_add((i as u64).wrapping_mul(salt | 1) as u8)).collect()
+}
+
+fn check(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), TestCaseError> {
+    for i in 0..KEYS {
+        let k = key(i);
+        prop_assert_eq!(store.get(&k).map(|e| e.value.to_vec()), model.get(&k).cloned(), "key {}", i);
+    }
+    prop_assert_eq!(store.stats().keys as usize, model.len());
+    Ok(())
+}
+
+fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut store = Store::open(dir, opts()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let meta = WriteMeta::default();
+    for (n, op) in ops.into_iter().enumerate() {
+        let salt = n as u64;
+        match op {
+            Op::Put { key: i, len, fill } => {
+                let k = key(i);
+                let v = value(len, fill, salt);
+                let max = store.options().max_value_len_for(k.len());
+                match store.put(&k, &v, meta) {
+                    Ok(lsn) => {
+                        prop_assert!(v.len() <= max);
+                        prop_assert_eq!(store.get(&k).map(|e| e.version), Some(lsn.0));
+                        model.insert(k, v);
+                    }
+                    Err(StorageError::ValueTooLong { .. }) => prop_assert!(v.len() > max),
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                }
+            }
+            Op::Delete { key: i } => {
+                let k = key(i);
+                let r = store.delete(&k, meta).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(r.is_some(), model.remove(&k).is_some());
+            }
+            Op::Append { key: i, len, fill } => {
+                let k = key(i);
+                let suffix = value(len, fill, salt);
+                let mut want = model.get(&k).cloned().unwrap_or_default();
+                want.extend_from_slice(&suffix);
+                match store.append(&k, &suffix, meta) {
+                    Ok(_) => {
+                        model.insert(k, want);
+                    }
+                    Err(StorageError::ValueTooLong { len, max }) => {
+                        prop_assert_eq!(len, want.len());
+                        prop_assert!(len > max);
+                    }
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                }
+            }
+            Op::Reopen => {
+                let last = store.last_lsn();
+                drop(store);
+                store = Store::open(dir, opts()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(store.last_lsn(), last);
+                prop_assert!(store.recovery_report().torn_tail.is_none());
+            }
+            Op::Compact => store.compact_now().map_err(|e| TestCaseError::fail(e.to_string()))?,
+            Op::Tick { steps } => {
+                for _ in 0..steps {
+                    store.tick(Instant::now()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                }
+            }
+        }
+        check(&store, &model)?;
+    }
+    // The live iterator and the log agree with the model.
+    let mut live: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for r in store.iter_live() {
+        prop_assert!(!r.tombstone);
+        prop_assert!(live.insert(r.key.to_vec(), r.value.to_vec()).is_none(), "key listed twice");
+    }
+    prop_assert_eq!(&live, &model);
+    let start = store.stats().log_start;
+    let lsns: Vec<u64> =
+        store.log_from(start).map_err(|e| TestCaseError::fail(e.to_string()))?.map(|r| r.lsn.0).collect();
+    let want: Vec<u64> = (start.0..=store.last_lsn().0).collect();
+    prop_assert_eq!(lsns, want);
+    if start > Lsn(1) {
+        let compacted = matches!(store.log_from(Lsn(start.0 - 1)), Err(StorageError::Compacted { .. }));
+        prop_assert!(compacted);
+    }
+    // And a final reopen sees the same.
+    drop(store);
+    let store = Store::open(dir, opts()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    check(&store, &model)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_hashmap_model(ops in proptest::collection::vec(op(), 1..160)) {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), ops)?;
+    }
+}

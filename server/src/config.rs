@@ -1,0 +1,111 @@
+//! Server configuration: every knob with its default, and the checks run before binding.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use storage::Durability;
+
+/// Everything a server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on for clients.
+    pub listen: SocketAddr,
+    /// Directory holding the storage engine's files.
+    pub data_dir: PathBuf,
+    /// When writes reach the disk: `always` (group commit before replying), `interval`, `never`.
+    pub durability: Durability,
+    /// Connections beyond this are answered `BUSY` and closed.
+    pub max_connections: usize,
+    /// Close connections that complete no frame for this long; `None` keeps them forever.
+    pub idle_timeout: Option<Duration>,
+    /// The token clients must present with AUTH before anything else, if any.
+    pub auth_token: Option<Vec<u8>>,
+    /// Allow listening on a non-loopback address without a token.
+    pub insecure: bool,
+    /// Spin this long on an empty poll before blocking, trading CPU for wake-up latency.
+    pub busy_poll: Duration,
+    /// Size of each storage segment file.
+    pub segment_len: u64,
+    /// Listen backlog.
+    pub backlog: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./tandem-data"),
+            durability: Durability::Never,
+            max_connections: 10_000,
+            idle_timeout: Some(Duration::from_secs(300)),
+            auth_token: None,
+            insecure: false,
+            busy_poll: Duration::ZERO,
+            segment_len: storage::Options::default().segment_len,
+            backlog: 1024,
+        }
+    }
+}
+
+/// A configuration the server refuses to start with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A non-loopback listen address without `--auth-token` or `--insecure`.
+    ExposedWithoutAuth(SocketAddr),
+    /// `max_connections` is zero.
+    NoConnections,
+    /// The auth token is empty.
+    EmptyToken,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::ExposedWithoutAuth(addr) => write!(
+                f,
+                "refusing to listen on non-loopback address {addr} without --auth-token FILE (or pass --insecure)"
+            ),
+            ConfigError::NoConnections => f.write_str("--max-connections must be at least 1"),
+            ConfigError::EmptyToken => f.write_str("the auth token is empty"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks the configuration as a whole.
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
+        }
+        if matches!(&self.auth_token, Some(t) if t.is_empty()) {
+            return Err(ConfigError::EmptyToken);
+        }
+        if !self.listen.ip().is_loopback() && self.auth_token.is_none() && !self.insecure {
+            return Err(ConfigError::ExposedWithoutAuth(self.listen));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_needs_a_token_or_consent() {
+        let mut c = Config { listen: "0.0.0.0:7070".parse().unwrap(), ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::ExposedWithoutAuth(_))));
+        c.insecure = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.insecure = false;
+        c.auth_token = Some(b"t".to_vec());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+}

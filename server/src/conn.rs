@@ -1,0 +1,189 @@
+//! One client connection: its socket, what it has left over between reads, and its session.
+//!
+//! Connections own almost no memory: reads land in the event loop's shared scratch buffer
+//! and replies are written from a shared buffer too. A connection keeps only a partial frame
+//! (under 4 KiB) between reads and the replies the kernel would not take yet, so an idle
+//! connection costs a few hundred bytes however busy it once was.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use wire::FRAME_LEN;
+
+use crate::handler::Session;
+
+/// Bytes asked of the kernel per read call: 16 frames.
+pub const READ_CHUNK: usize = 16 * FRAME_LEN;
+/// Most bytes read from one connection per loop iteration, so one busy client cannot starve
+/// the others; a connection that still has data is revisited next iteration.
+pub const READ_BUDGET: usize = 2 * READ_CHUNK;
+/// Above this many unsent reply bytes the connection is not read from (backpressure). A
+/// client that stops reading therefore costs at most this plus one read budget of replies
+/// (256 KiB in all) plus a partial frame.
+pub const OUT_HIGH_WATER: usize = 2 * READ_CHUNK;
+
+/// What one read into the scratch buffer produced.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+    /// Bytes now at the front of the scratch buffer: the old partial frame plus the read.
+    pub filled: usize,
+    /// Bytes the read itself returned.
+    pub read: usize,
+    /// The peer closed its side, or the socket failed: read no more.
+    pub eof: bool,
+    /// The socket has nothing more for now (a short read or `WouldBlock`): the next
+    /// readiness event will say when it does.
+    pub drained: bool,
+}
+
+/// A client connection owned by the event loop.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket (non-blocking).
+    pub stream: TcpStream,
+    /// The peer's address, for logs.
+    pub peer: SocketAddr,
+    /// The start of a frame whose rest has not arrived (always under one frame).
+    pub partial: Vec<u8>,
+    /// Replies the kernel has not taken yet, or held for a group commit; `out[out_pos..]`
+    /// is pending.
+    pub out: Vec<u8>,
+    /// How much of `out` the kernel has taken.
+    pub out_pos: usize,
+    /// Protocol state (authentication).
+    pub session: Session,
+    /// Last time a whole frame arrived or reply bytes left; partial frames do not count, so
+    /// a slow-loris trickle still times out.
+    pub last_active: Instant,
+    /// In the loop's ready list.
+    pub queued: bool,
+    /// Nothing more will be read: EOF, a read error, or a fatal frame.
+    pub read_closed: bool,
+    /// The poller reported the peer's half-close: a short read is then not the end, keep
+    /// reading to EOF, since no further event will come.
+    pub peer_closed: bool,
+}
+
+impl Conn {
+    /// Wraps an accepted socket.
+    pub fn new(stream: TcpStream, peer: SocketAddr, session: Session, now: Instant) -> Self {
+        Conn {
+            stream,
+            peer,
+            partial: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            session,
+            last_active: now,
+            queued: false,
+            read_closed: false,
+            peer_closed: false,
+        }
+    }
+
+    /// Reply bytes not yet written.
+    pub fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Whether the connection is over its write backlog and must not be read from.
+    pub fn is_backpressured(&self) -> bool {
+        self.pending_out() > OUT_HIGH_WATER
+    }
+
+    /// Puts the partial frame at the front of `scratch` and reads once after it.
+    ///
+    /// `scratch` must be at least `FRAME_LEN + READ_CHUNK` long.
+    pub fn fill(&mut self, scratch: &mut [u8]) -> Fill {
+        let kept = self.partial.len();
+        scratch[..kept].copy_from_slice(&self.partial);
+        self.partial.clear();
+        let room = &mut scratch[kept..kept + READ_CHUNK];
+        let mut fill = Fill { filled: kept, ..Fill::default() };
+        loop {
+            match self.stream.read(room) {
+                Ok(0) => {
+                    fill.eof = true;
+                    fill.drained = true;
+                }
+                Ok(n) => {
+                    fill.read = n;
+                    fill.filled += n;
+                    fill.drained = n < READ_CHUNK && !self.peer_closed;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => fill.drained = true,
+                Err(e) => {
+                    log::debug!("read from {} failed: {e}", self.peer);
+                    fill.eof = true;
+                    fill.drained = true;
+                }
+            }
+            return fill;
+        }
+    }
+
+    /// Keeps the bytes of an incomplete frame until the rest arrives.
+    pub fn keep_partial(&mut self, bytes: &[u8]) {
+        debug_assert!(bytes.len() < FRAME_LEN);
+        self.partial.extend_from_slice(bytes);
+    }
+
+    /// Sends replies: straight to the socket when nothing is queued before them, and
+    /// whatever the kernel does not take is queued. Returns bytes written now.
+    ///
+    /// # Errors
+    /// A write error other than `WouldBlock`: the connection is dead.
+    pub fn send(&mut self, replies: &[u8]) -> io::Result<usize> {
+        if self.pending_out() > 0 {
+            self.out.extend_from_slice(replies);
+            return self.flush();
+        }
+        let written = write_some(&mut self.stream, replies)?;
+        self.out.extend_from_slice(&replies[written..]);
+        Ok(written)
+    }
+
+    /// Writes queued replies until done or the socket would block; returns bytes written.
+    ///
+    /// # Errors
+    /// A write error other than `WouldBlock`: the connection is dead.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let written = write_some(&mut self.stream, &self.out[self.out_pos..])?;
+        self.out_pos += written;
+        if self.out_pos == self.out.len() {
+            // Everything sent: reuse the buffer from the start, keeping its capacity.
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        Ok(written)
+    }
+
+    /// Gives buffer memory back while the connection idles.
+    pub fn release_buffers(&mut self) {
+        if self.pending_out() == 0 && self.out.capacity() > 0 {
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            self.partial = Vec::new();
+        }
+    }
+}
+
+/// Writes as much of `data` as the socket takes without blocking.
+fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}

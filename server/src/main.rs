@@ -1,0 +1,130 @@
+//! The `tandem-server` binary: flags → [`server::Config`] → bind → run.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use server::{Config, Server};
+use storage::Durability;
+
+/// A low-latency key-value server speaking Tandem's fixed 4096-byte frame protocol.
+///
+/// Without --coordinator it runs standalone: one persistent server. Logging goes to stderr;
+/// set RUST_LOG (e.g. RUST_LOG=debug) to change its level.
+#[derive(Debug, Parser)]
+#[command(name = "tandem-server", version)]
+struct Args {
+    /// Address to listen on for clients. A non-loopback address requires --auth-token or --insecure.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// Directory for the data files (created if absent; locked while the server runs).
+    #[arg(long, default_value = "./tandem-data", value_name = "DIR")]
+    data: PathBuf,
+
+    /// When writes reach the disk: `always` = msync before replying (one per batch: group
+    /// commit), `interval:MS` = msync every MS milliseconds, `never` = leave it to the OS.
+    /// Every mode survives a process crash; only `always` survives a machine crash.
+    #[arg(long, default_value = "never", value_name = "always|interval:MS|never")]
+    fsync: Durability,
+
+    /// Most client connections at once; more are answered BUSY and closed.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
+
+    /// Close connections that complete no request for this many seconds (0 = never).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    idle_timeout: u64,
+
+    /// File holding the token clients must present with AUTH before any other command.
+    #[arg(long, value_name = "FILE")]
+    auth_token: Option<PathBuf>,
+
+    /// Allow a non-loopback --listen address without --auth-token.
+    #[arg(long)]
+    insecure: bool,
+
+    /// Spin this many microseconds on an empty poll before sleeping: lower latency on idle
+    /// machines for a busier CPU (0 = off).
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    busy_poll_us: u64,
+
+    /// Size of each storage segment file, in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    segment_mib: u64,
+
+    /// Coordinator (view service) address for replicated mode. Not available yet.
+    #[arg(long, value_name = "ADDR")]
+    coordinator: Option<SocketAddr>,
+}
+
+fn read_token(path: &PathBuf) -> Result<Vec<u8>, String> {
+    let raw = std::fs::read(path).map_err(|e| format!("cannot read --auth-token {}: {e}", path.display()))?;
+    let token = raw.trim_ascii().to_vec();
+    if token.is_empty() {
+        return Err(format!("--auth-token {} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+/// Raises the open-file limit to the hard limit, as each connection needs a descriptor;
+/// warns if even that is below what --max-connections asks for.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = Rlimit { current: limit.maximum, maximum: limit.maximum };
+    if limit.current != limit.maximum {
+        if let Err(e) = setrlimit(Resource::Nofile, wanted) {
+            log::warn!("cannot raise the open-file limit: {e}");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    // Storage, listener, poll and signals need a few descriptors of their own.
+    if current < max_connections as u64 + 64 {
+        log::warn!(
+            "open-file limit {current} is below --max-connections {max_connections}; \
+             accepts will fail past it (raise `ulimit -n`)"
+        );
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.coordinator.is_some() {
+        return Err("--coordinator: replicated mode is not implemented yet; run without it".into());
+    }
+    let auth_token = args.auth_token.as_ref().map(read_token).transpose()?;
+    raise_fd_limit(args.max_connections);
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data,
+        durability: args.fsync,
+        max_connections: args.max_connections,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        auth_token,
+        insecure: args.insecure,
+        busy_poll: Duration::from_micros(args.busy_poll_us),
+        segment_len: args.segment_mib.max(1) * 1024 * 1024,
+        ..Config::default()
+    };
+    let mut server = Server::bind(config).map_err(|e| e.to_string())?;
+    server.handle_signals().map_err(|e| e.to_string())?;
+    // Scripts and tests wait for this line (and learn the port when --listen ends in :0).
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "tandem-server listening on {}", server.local_addr());
+    let _ = stdout.flush();
+    server.run().map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

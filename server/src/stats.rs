@@ -1,0 +1,161 @@
+//! Server counters reported by STATS. Plain integers owned by the event loop thread.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use wire::Command;
+
+/// Power-of-two latency buckets: cheap enough to record every loop iteration.
+#[derive(Debug, Clone)]
+pub struct Log2Histogram {
+    buckets: [u64; 64],
+    count: u64,
+    max: u64,
+}
+
+impl Default for Log2Histogram {
+    fn default() -> Self {
+        Log2Histogram { buckets: [0; 64], count: 0, max: 0 }
+    }
+}
+
+impl Log2Histogram {
+    /// Records one sample.
+    pub fn record(&mut self, value: u64) {
+        self.buckets[(64 - value.leading_zeros()) as usize & 63] += 1;
+        self.count += 1;
+        self.max = self.max.max(value);
+    }
+
+    /// An upper bound of the `q` quantile (0..=1): the top of the bucket that holds it.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let top = if i == 0 { 0 } else { (1u64 << i) - 1 };
+                return top.min(self.max);
+            }
+        }
+        self.max
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Largest sample.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+}
+
+/// Everything STATS reports that the loop counts itself.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Requests executed, by command (index = opcode, client range only).
+    pub ops: [u64; 8],
+    /// Frames refused before execution (bad checksum, sizes, flags, command, rules).
+    pub bad_frames: u64,
+    /// Requests refused for want of AUTH or with a wrong token.
+    pub auth_failures: u64,
+    /// Writes that failed in storage.
+    pub storage_errors: u64,
+    /// GETs that found their key.
+    pub get_hits: u64,
+    /// GETs that did not.
+    pub get_misses: u64,
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Connections refused at the limit.
+    pub connections_refused: u64,
+    /// Connections closed by the idle timeout.
+    pub connections_timed_out: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Group commits (storage syncs before replying) done.
+    pub syncs: u64,
+    /// Time each loop iteration spent working (from poll's return to the next poll), µs.
+    pub loop_busy_us: Log2Histogram,
+}
+
+impl Stats {
+    /// Counts one executed request.
+    pub fn count_op(&mut self, command: Command) {
+        if let Some(n) = self.ops.get_mut(command.0 as usize) {
+            *n += 1;
+        }
+    }
+
+    /// Requests executed of one kind.
+    pub fn op(&self, command: Command) -> u64 {
+        self.ops.get(command.0 as usize).copied().unwrap_or(0)
+    }
+
+    /// Renders the counters, plus the storage figures, as `name:value` lines.
+    pub fn render(&self, out: &mut String, uptime: Duration, store: &storage::Stats) {
+        out.clear();
+        let mut line = |name: &str, value: &dyn std::fmt::Display| {
+            let _ = writeln!(out, "{name}:{value}");
+        };
+        line("version", &env!("CARGO_PKG_VERSION"));
+        line("uptime_s", &uptime.as_secs());
+        line("connections", &self.connections);
+        line("connections_total", &self.connections_total);
+        line("connections_refused", &self.connections_refused);
+        line("connections_timed_out", &self.connections_timed_out);
+        for command in Command::CLIENT {
+            let name = command.name().unwrap_or("?").to_ascii_lowercase();
+            line(&format!("ops_{name}"), &self.op(command));
+        }
+        line("get_hits", &self.get_hits);
+        line("get_misses", &self.get_misses);
+        line("bad_frames", &self.bad_frames);
+        line("auth_failures", &self.auth_failures);
+        line("storage_errors", &self.storage_errors);
+        line("bytes_in", &self.bytes_in);
+        line("bytes_out", &self.bytes_out);
+        line("syncs", &self.syncs);
+        line("keys", &store.keys);
+        line("storage_live_bytes", &store.live_bytes);
+        line("storage_dead_bytes", &store.dead_bytes);
+        line("storage_disk_bytes", &store.disk_bytes);
+        line("storage_segments", &store.segments);
+        line("storage_compactions", &store.compactions);
+        line("last_lsn", &store.last_lsn.0);
+        line("durable_lsn", &store.durable_lsn.0);
+        line("loop_iterations", &self.loop_busy_us.count());
+        line("loop_busy_us_p50", &self.loop_busy_us.quantile(0.5));
+        line("loop_busy_us_p99", &self.loop_busy_us.quantile(0.99));
+        line("loop_busy_us_max", &self.loop_busy_us.max());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_upper_bounds() {
+        let mut h = Log2Histogram::default();
+        assert_eq!(h.quantile(0.5), 0);
+        for v in [1, 2, 3, 100, 1000] {
+            h.record(v);
+        }
+        assert_eq!(h.count(), 5);
+        assert_eq!(h.quantile(0.5), 3); // 3 lies in [2, 4)
+        assert_eq!(h.quantile(0.8), 127); // 100 lies in [64, 128)
+        assert_eq!(h.quantile(1.0), 1000); // capped at the max seen
+        h.record(0);
+        assert_eq!(h.quantile(0.0), 0);
+    }
+}

@@ -1,0 +1,112 @@
+//! `tandem-bench`: the load tool. Parses the flags, runs the phases, prints each test's
+//! results as it ends, and exits 0 (all good), 1 (errors or timeouts during the run) or 2
+//! (usage error, unreachable server).
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use benches::config::{Baseline, Output};
+use benches::echo::EchoServer;
+use benches::report::{self, TestReport};
+use benches::{Args, Config, RunEvent, Runner};
+use clap::Parser;
+
+const TICK: Duration = Duration::from_millis(500);
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    let mut config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tandem-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Kept alive until the end of main; dropping it stops the built-in server.
+    let _echo = match config.baseline {
+        Some(Baseline::Echo) => match EchoServer::spawn(([127, 0, 0, 1], 0).into()) {
+            Ok(server) => {
+                config.set_target(server.addr());
+                Some(server)
+            }
+            Err(e) => {
+                eprintln!("tandem-bench: cannot start the built-in echo server: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let mut runner = match Runner::start(&config) {
+        Ok(runner) => runner,
+        Err(e) => {
+            eprintln!("tandem-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let mut out = io::stdout().lock();
+    // Output errors (a closed pipe) must not stop the run nor change its verdict.
+    match config.output {
+        Output::Human => _ = writeln!(out, "{}", report::describe(&config)),
+        Output::Csv => _ = writeln!(out, "{}", report::CSV_HEADER),
+        Output::Json => {}
+    }
+    let _ = out.flush();
+    let show_progress = config.progress && io::stderr().is_terminal();
+    let mut errors = 0;
+    let mut phase_start = Instant::now();
+    let mut phase_base_ops = 0;
+    let mut last_tick = (Instant::now(), 0u64);
+    loop {
+        match runner.next_event(TICK) {
+            RunEvent::Tick { ops, errors: failed } => {
+                if show_progress {
+                    let now = Instant::now();
+                    let rate = (ops - last_tick.1) as f64 / now.duration_since(last_tick.0).as_secs_f64();
+                    last_tick = (now, ops);
+                    let name = runner.phases().get(runner.current_phase()).map_or("", |p| p.name.as_str());
+                    let line = report::progress_line(
+                        name,
+                        phase_start.elapsed().as_secs_f64(),
+                        ops - phase_base_ops,
+                        rate,
+                        failed,
+                    );
+                    eprint!("\r\x1b[2K{line}");
+                }
+            }
+            RunEvent::Phase(result) => {
+                if show_progress {
+                    eprint!("\r\x1b[2K");
+                }
+                let report = TestReport::new(&result, &config);
+                errors += report.errors;
+                let _ = match config.output {
+                    Output::Human => report::write_human(&mut out, &report),
+                    Output::Csv => report::write_csv(&mut out, &report),
+                    Output::Json => report::write_json(&mut out, &report),
+                };
+                let _ = out.flush();
+                if let Some(base) = config.hdr_out.as_ref().filter(|_| !result.phase.is_prefill()) {
+                    let path = report::hdr_path(base, &report.test, config.tests.len());
+                    let written = std::fs::File::create(&path)
+                        .and_then(|mut file| report::write_hgrm(&mut file, &report.histogram));
+                    if let Err(e) = written {
+                        eprintln!("tandem-bench: cannot write {}: {e}", path.display());
+                    }
+                }
+                phase_start = Instant::now();
+                phase_base_ops = last_tick.1.max(phase_base_ops) + report.ops;
+                last_tick = (Instant::now(), phase_base_ops);
+            }
+            RunEvent::Done => break,
+        }
+    }
+    if errors > 0 {
+        eprintln!("tandem-bench: {errors} errors during the run");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

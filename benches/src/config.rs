@@ -1,0 +1,597 @@
+//! Command-line flags ([`Args`]) and the configuration they resolve to ([`Config`]), which
+//! every JSON result carries so that a run can be audited and repeated.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use wire::MAX_PAYLOAD_LEN;
+
+use crate::proto::Protocol;
+use crate::workload::{Cmd, KeyDist, Mix, WorkloadSpec, DEFAULT_ZIPF_THETA, KEY_LEN, MAX_KEYSPACE};
+
+/// Requests per test when neither `-n` nor `--duration` is given (as redis-benchmark).
+pub const DEFAULT_REQUESTS: u64 = 100_000;
+/// Bytes at the start of a `--verify` value that identify its key and write.
+pub const VERIFY_HEADER_LEN: usize = 16;
+
+/// `tandem-bench`: load a Tandem server (or Redis, or the echo ceiling) and report honest
+/// throughput and latency.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tandem-bench", version, about, long_about = None)]
+#[command(after_help = "Exit status: 0 when every request succeeded, 1 when any error or timeout \
+occurred during the run, 2 for usage errors or an unreachable server.")]
+pub struct Args {
+    /// The server to load, HOST:PORT.
+    #[arg(short = 's', long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    pub server: String,
+
+    /// A cluster's coordinator, to route each key to its primary (not implemented yet).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["server", "baseline"])]
+    pub coordinator: Option<String>,
+
+    /// The protocol to speak: tandem frames, Redis's RESP (SET/GET/APPEND), or tandem frames to
+    /// an echo server.
+    #[arg(long, value_enum, default_value_t = Protocol::Tandem)]
+    pub protocol: Protocol,
+
+    /// Measure the machine's ceiling instead: start a built-in mio echo server of 4096-byte
+    /// frames on a loopback port and load it with the echo protocol.
+    #[arg(long, value_enum, conflicts_with_all = ["server", "protocol", "verify"])]
+    pub baseline: Option<Baseline>,
+
+    /// Connections, shared out over the threads.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    pub connections: usize,
+
+    /// Requests in flight per connection; a connection writes all of its new requests in one write.
+    #[arg(short = 'P', long, value_name = "DEPTH", default_value_t = 1)]
+    pub pipeline: usize,
+
+    /// Requests per test, all connections together [default: 100000 unless --duration].
+    #[arg(short = 'n', long, conflicts_with = "duration")]
+    pub requests: Option<u64>,
+
+    /// Run each test for this many seconds instead of a number of requests.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Bytes of each PUT/APPEND value.
+    #[arg(short = 'd', long = "data-size", value_name = "BYTES", default_value_t = 100)]
+    pub data_size: usize,
+
+    /// Keys are key:000000000000 .. key:(N-1), 16 bytes each.
+    #[arg(short = 'r', long = "keyspace", value_name = "N", default_value_t = 10_000)]
+    pub keyspace: u64,
+
+    /// Single-command tests to run in order, comma-separated: put (alias set), get, append
+    /// [default: put,get].
+    #[arg(short = 't', long = "tests", value_enum, value_delimiter = ',', conflicts_with_all = ["ratio", "ycsb"])]
+    pub tests: Vec<TestKind>,
+
+    /// One mixed test of PUT and GET in this proportion, e.g. 1:10.
+    #[arg(long, value_name = "SET:GET", value_parser = parse_ratio, conflicts_with = "ycsb")]
+    pub ratio: Option<(u32, u32)>,
+
+    /// A YCSB core workload: a (50% update, 50% read), b (5% update, 95% read), c (read only);
+    /// on zipfian keys (unless --key-dist says otherwise) after a prefill.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub ycsb: Option<Ycsb>,
+
+    /// How keys are drawn: uniform, sequential or zipf:THETA (THETA > 0; zipf = zipf:0.99)
+    /// [default: uniform, or zipf:0.99 with --ycsb].
+    #[arg(long = "key-dist", value_name = "DIST", value_parser = clap::value_parser!(KeyDist))]
+    pub key_dist: Option<KeyDist>,
+
+    /// Threads driving the connections (one mio event loop each); 1 is usually best on 2 cores.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// Seconds of load before each test's measurement starts; excluded from the results.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub warmup: f64,
+
+    /// Seed of every connection's key and command sequence, so that a run can be repeated.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Write every key once before the tests, so that GETs hit.
+    #[arg(long)]
+    pub prefill: bool,
+
+    /// Open loop: send this many requests per second in total on a fixed schedule, measuring
+    /// latency from each request's intended send time (-P caps the requests in flight per
+    /// connection). Default: closed loop.
+    #[arg(long, value_name = "OPS")]
+    pub rate: Option<f64>,
+
+    /// Check every GET against the last value this run wrote to the key (each connection
+    /// keeps to its own keys).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// A request without a reply for this long counts as a timeout and its connection is
+    /// reopened.
+    #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 5_000)]
+    pub timeout_ms: u64,
+
+    /// Print CSV (a header, then one row per test and per command of mixed tests).
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+
+    /// Print one JSON object per test, one per line, with the configuration and a
+    /// per-second series.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write each test's latency histogram as an HdrHistogram percentile distribution
+    /// (microseconds) to FILE, or to FILE.<test> when there are several tests.
+    #[arg(long = "hdr-out", value_name = "FILE")]
+    pub hdr_out: Option<PathBuf>,
+
+    /// No live progress line (it is shown only when stderr is a terminal anyway).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// A built-in baseline server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Baseline {
+    /// A bare mio echo of 4096-byte frames.
+    Echo,
+}
+
+/// A single-command test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TestKind {
+    /// PUT (SET over RESP).
+    #[value(alias = "set")]
+    Put,
+    /// GET.
+    Get,
+    /// APPEND.
+    Append,
+}
+
+impl TestKind {
+    const fn cmd(self) -> Cmd {
+        match self {
+            TestKind::Put => Cmd::Put,
+            TestKind::Get => Cmd::Get,
+            TestKind::Append => Cmd::Append,
+        }
+    }
+}
+
+/// YCSB's core workloads that a key-value store can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ycsb {
+    /// Update heavy: 50% update, 50% read.
+    A,
+    /// Read mostly: 5% update, 95% read.
+    B,
+    /// Read only.
+    C,
+}
+
+fn parse_ratio(s: &str) -> Result<(u32, u32), String> {
+    let (set, get) = s.split_once(':').ok_or_else(|| format!("ratio {s:?} is not SET:GET, e.g. 1:10"))?;
+    let set: u32 = set.trim().parse().map_err(|_| format!("{set:?} is not a whole number"))?;
+    let get: u32 = get.trim().parse().map_err(|_| format!("{get:?} is not a whole number"))?;
+    if set == 0 && get == 0 {
+        return Err("a ratio of 0:0 sends nothing".into());
+    }
+    if u64::from(set) + u64::from(get) > u64::from(u32::MAX) {
+        return Err("ratio weights too large".into());
+    }
+    Ok((set, get))
+}
+
+/// One test: a name (the JSON `test` field) and its command mix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestSpec {
+    /// `PUT`, `GET`, `APPEND`, `mixed` or `ycsb-a` / `ycsb-b` / `ycsb-c`.
+    pub name: String,
+    /// Weights of the commands.
+    pub mix: Mix,
+}
+
+/// How the output is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// A block per test for people.
+    Human,
+    /// `--csv`
+    Csv,
+    /// `--json`
+    Json,
+}
+
+/// The resolved configuration of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The target as given (`--server`, or `builtin-echo` for `--baseline echo`).
+    pub server: String,
+    /// The address connected to.
+    #[serde(serialize_with = "serialize_display")]
+    pub addr: SocketAddr,
+    /// The protocol spoken.
+    pub protocol: Protocol,
+    /// The built-in baseline server, if any.
+    pub baseline: Option<Baseline>,
+    /// Connections in total.
+    pub connections: usize,
+    /// Requests in flight per connection.
+    pub pipeline: usize,
+    /// Event-loop threads.
+    pub threads: usize,
+    /// Requests per test (unless `duration_s`).
+    pub requests: Option<u64>,
+    /// Seconds per test (unless `requests`).
+    pub duration_s: Option<f64>,
+    /// Seconds of unmeasured load before each test.
+    pub warmup_s: f64,
+    /// Bytes per value.
+    pub data_size: usize,
+    /// Bytes per key.
+    pub key_len: usize,
+    /// Number of keys.
+    pub keyspace: u64,
+    /// How keys are drawn.
+    pub key_dist: KeyDist,
+    /// The tests, in order.
+    pub tests: Vec<TestSpec>,
+    /// Whether every key is written before the tests.
+    pub prefill: bool,
+    /// Open-loop requests per second in total; `None` for closed loop.
+    pub rate: Option<f64>,
+    /// Whether GET values are checked.
+    pub verify: bool,
+    /// The seed.
+    pub seed: u64,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// How results are printed.
+    pub output: Output,
+    /// Where histograms are written.
+    pub hdr_out: Option<PathBuf>,
+    /// Whether the progress line may be shown.
+    #[serde(skip)]
+    pub progress: bool,
+}
+
+fn serialize_display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+/// Why the flags do not make a runnable configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Flags that contradict each other or are out of range.
+    Usage(String),
+    /// A feature that is accepted but not built yet.
+    NotImplemented(&'static str),
+    /// The server's address does not resolve.
+    Resolve(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Usage(msg) | ConfigError::Resolve(msg) => f.write_str(msg),
+            ConfigError::NotImplemented(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn usage(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Usage(msg.into())
+}
+
+impl Config {
+    /// Checks the flags and resolves the server's address.
+    ///
+    /// With `--baseline echo` the address is a placeholder until [`Config::set_target`]
+    /// names the built-in server's.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first problem.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        if args.coordinator.is_some() {
+            return Err(ConfigError::NotImplemented("cluster mode not implemented yet (--coordinator)"));
+        }
+        let protocol = if args.baseline.is_some() { Protocol::Echo } else { args.protocol };
+        if args.connections == 0 {
+            return Err(usage("-c/--connections must be at least 1"));
+        }
+        if args.pipeline == 0 {
+            return Err(usage("-P/--pipeline must be at least 1"));
+        }
+        if args.threads == 0 || args.threads > args.connections {
+            return Err(usage(format!(
+                "--threads must be between 1 and the number of connections ({})",
+                args.connections
+            )));
+        }
+        if args.requests == Some(0) {
+            return Err(usage("-n/--requests must be at least 1"));
+        }
+        if let Some(duration) = args.duration {
+            if !(duration.is_finite() && duration > 0.0) {
+                return Err(usage("--duration must be a positive number of seconds"));
+            }
+        }
+        if !(args.warmup.is_finite() && args.warmup >= 0.0) {
+            return Err(usage("--warmup must be zero or more seconds"));
+        }
+        if let Some(rate) = args.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(usage("--rate must be a positive number of requests per second"));
+            }
+        }
+        if args.keyspace == 0 || args.keyspace > MAX_KEYSPACE {
+            return Err(usage(format!("-r/--keyspace must be between 1 and {MAX_KEYSPACE}")));
+        }
+        if args.timeout_ms == 0 {
+            return Err(usage("--timeout-ms must be at least 1"));
+        }
+        let max_value = if protocol.uses_frames() { MAX_PAYLOAD_LEN - KEY_LEN } else { 64 * 1024 * 1024 };
+        if args.data_size > max_value {
+            return Err(usage(format!(
+                "-d/--data-size {} does not fit: at most {max_value} bytes beside a {KEY_LEN}-byte key",
+                args.data_size
+            )));
+        }
+        if args.verify {
+            if protocol == Protocol::Echo {
+                return Err(usage("--verify needs a key-value server, not an echo"));
+            }
+            if args.data_size < VERIFY_HEADER_LEN {
+                return Err(usage(format!("--verify needs -d/--data-size of at least {VERIFY_HEADER_LEN}")));
+            }
+            if args.keyspace < args.connections as u64 {
+                return Err(usage("--verify needs at least as many keys (-r) as connections (-c)"));
+            }
+        }
+
+        let tests = if let Some(ycsb) = args.ycsb {
+            let (name, mix) = match ycsb {
+                Ycsb::A => ("ycsb-a", Mix { put: 50, get: 50, append: 0 }),
+                Ycsb::B => ("ycsb-b", Mix { put: 5, get: 95, append: 0 }),
+                Ycsb::C => ("ycsb-c", Mix { put: 0, get: 1, append: 0 }),
+            };
+            vec![TestSpec { name: name.into(), mix }]
+        } else if let Some((put, get)) = args.ratio {
+            vec![TestSpec { name: "mixed".into(), mix: Mix { put, get, append: 0 } }]
+        } else if args.tests.is_empty() {
+            [Cmd::Put, Cmd::Get].map(|cmd| TestSpec { name: cmd.name().into(), mix: Mix::only(cmd) }).to_vec()
+        } else {
+            args.tests
+                .iter()
+                .map(|t| TestSpec { name: t.cmd().name().into(), mix: Mix::only(t.cmd()) })
+                .collect()
+        };
+        let key_dist = args.key_dist.unwrap_or(if args.ycsb.is_some() {
+            KeyDist::Zipf(DEFAULT_ZIPF_THETA)
+        } else {
+            KeyDist::Uniform
+        });
+
+        let (server, addr) = if args.baseline.is_some() {
+            ("builtin-echo".to_string(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        } else {
+            let addr = resolve(&args.server)?;
+            (args.server, addr)
+        };
+        let requests = match args.duration {
+            Some(_) => None,
+            None => Some(args.requests.unwrap_or(DEFAULT_REQUESTS)),
+        };
+        let output = if args.json {
+            Output::Json
+        } else if args.csv {
+            Output::Csv
+        } else {
+            Output::Human
+        };
+        Ok(Config {
+            server,
+            addr,
+            protocol,
+            baseline: args.baseline,
+            connections: args.connections,
+            pipeline: args.pipeline,
+            threads: args.threads,
+            requests,
+            duration_s: args.duration,
+            warmup_s: args.warmup,
+            data_size: args.data_size,
+            key_len: KEY_LEN,
+            keyspace: args.keyspace,
+            key_dist,
+            tests,
+            prefill: args.prefill || args.ycsb.is_some(),
+            rate: args.rate,
+            verify: args.verify,
+            seed: args.seed,
+            timeout_ms: args.timeout_ms,
+            output,
+            hdr_out: args.hdr_out,
+            progress: !args.quiet,
+        })
+    }
+
+    /// Points the run at `addr` (the built-in baseline server's address).
+    pub fn set_target(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+    }
+
+    /// The workload of test `test`, or of the prefill when `None`.
+    pub fn workload(&self, test: Option<&TestSpec>) -> WorkloadSpec {
+        WorkloadSpec {
+            keyspace: self.keyspace,
+            key_dist: self.key_dist,
+            mix: test.map_or(Mix::only(Cmd::Put), |t| t.mix),
+            partition: self.verify,
+            prefill: test.is_none(),
+        }
+    }
+}
+
+/// Resolves `HOST:PORT` to its first address.
+///
+/// # Errors
+/// [`ConfigError::Resolve`] when it does not resolve.
+pub fn resolve(server: &str) -> Result<SocketAddr, ConfigError> {
+    server
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Resolve(format!("cannot resolve {server}: {e}")))?
+        .next()
+        .ok_or_else(|| ConfigError::Resolve(format!("{server} resolves to no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Config, String> {
+        let args = Args::try_parse_from(line.split_whitespace()).map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    fn ok(line: &str) -> Config {
+        parse(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    fn names(config: &Config) -> Vec<&str> {
+        config.tests.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ok("tandem-bench");
+        assert_eq!(c.addr, SocketAddr::from(([127, 0, 0, 1], 7070)));
+        assert_eq!(c.protocol, Protocol::Tandem);
+        assert_eq!((c.connections, c.pipeline, c.threads), (50, 1, 1));
+        assert_eq!((c.requests, c.duration_s), (Some(100_000), None));
+        assert_eq!((c.data_size, c.keyspace, c.key_dist), (100, 10_000, KeyDist::Uniform));
+        assert_eq!(names(&c), ["PUT", "GET"]);
+        assert_eq!((c.prefill, c.rate, c.verify, c.seed, c.timeout_ms), (false, None, false, 1, 5000));
+        assert_eq!(c.output, Output::Human);
+        assert!(c.progress);
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let c =
+            ok("tandem-bench -s localhost:9000 --protocol resp -c 8 -P 16 --duration 2.5 -d 4000 -r 500 \
+                    -t get,set,append --key-dist zipf:0.9 --threads 2 --warmup 1 --seed 42 --prefill \
+                    --rate 1000 --verify --timeout-ms 250 --json --hdr-out /tmp/h -q");
+        assert_eq!(c.server, "localhost:9000");
+        assert_eq!(c.addr.port(), 9000);
+        assert_eq!(c.protocol, Protocol::Resp);
+        assert_eq!((c.connections, c.pipeline, c.threads), (8, 16, 2));
+        assert_eq!((c.requests, c.duration_s, c.warmup_s), (None, Some(2.5), 1.0));
+        assert_eq!((c.data_size, c.keyspace, c.key_dist), (4000, 500, KeyDist::Zipf(0.9)));
+        assert_eq!(names(&c), ["GET", "PUT", "APPEND"]);
+        assert_eq!((c.prefill, c.rate, c.verify, c.seed, c.timeout_ms), (true, Some(1000.0), true, 42, 250));
+        assert_eq!(c.output, Output::Json);
+        assert_eq!(c.hdr_out, Some(PathBuf::from("/tmp/h")));
+        assert!(!c.progress);
+        assert_eq!(ok("tandem-bench -n 7 --csv").requests, Some(7));
+        assert_eq!(ok("tandem-bench --csv").output, Output::Csv);
+        assert_eq!(ok("tandem-bench --server 127.0.0.1:1 --pipeline 3").pipeline, 3);
+        assert_eq!(ok("tandem-bench --connections 3 --requests 9 --data-size 1 --keyspace 2").keyspace, 2);
+        assert_eq!(ok("tandem-bench --tests put").tests.len(), 1);
+    }
+
+    #[test]
+    fn ratio_and_ycsb() {
+        let c = ok("tandem-bench --ratio 1:10");
+        assert_eq!(names(&c), ["mixed"]);
+        assert_eq!(c.tests[0].mix, Mix { put: 1, get: 10, append: 0 });
+        let c = ok("tandem-bench --ycsb B");
+        assert_eq!(names(&c), ["ycsb-b"]);
+        assert_eq!(c.tests[0].mix, Mix { put: 5, get: 95, append: 0 });
+        assert_eq!(c.key_dist, KeyDist::Zipf(0.99));
+        assert!(c.prefill);
+        assert_eq!(ok("tandem-bench --ycsb a").tests[0].mix, Mix { put: 50, get: 50, append: 0 });
+        assert_eq!(ok("tandem-bench --ycsb c").tests[0].mix, Mix { put: 0, get: 1, append: 0 });
+        assert_eq!(ok("tandem-bench --ycsb c --key-dist uniform").key_dist, KeyDist::Uniform);
+        for bad in ["--ratio 1", "--ratio 0:0", "--ratio a:b", "--ratio 1:2 --ycsb a", "-t get --ratio 1:1"] {
+            assert!(parse(&format!("tandem-bench {bad}")).is_err(), "{bad} should fail");
+        }
+    }
+
+    #[test]
+    fn baseline_and_coordinator() {
+        let c = ok("tandem-bench --baseline echo -c 1");
+        assert_eq!(c.protocol, Protocol::Echo);
+        assert_eq!(c.server, "builtin-echo");
+        assert!(parse("tandem-bench --baseline echo -s 127.0.0.1:1").is_err());
+        assert!(parse("tandem-bench --baseline echo --protocol resp").is_err());
+        let err = parse("tandem-bench --coordinator 127.0.0.1:9").expect_err("not implemented");
+        assert!(err.contains("cluster mode not implemented yet"), "{err}");
+        assert_eq!(ok("tandem-bench --protocol echo").protocol, Protocol::Echo);
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        for bad in [
+            "-c 0",
+            "-P 0",
+            "-n 0",
+            "-n 5 --duration 1",
+            "--duration 0",
+            "--duration -1",
+            "--warmup -1",
+            "--rate 0",
+            "-r 0",
+            "--threads 0",
+            "-c 2 --threads 3",
+            "-d 4033",
+            "--verify -d 8",
+            "--verify -c 10 -r 5",
+            "--protocol echo --verify",
+            "--timeout-ms 0",
+            "--key-dist zipf:0",
+            "-t delete",
+            "--csv --json",
+            "-s nowhere.invalid:1",
+            "-s 127.0.0.1",
+        ] {
+            assert!(parse(&format!("tandem-bench {bad}")).is_err(), "{bad} should fail");
+        }
+        // The frame limit does not apply to Redis.
+        assert_eq!(ok("tandem-bench --protocol resp -d 100000").data_size, 100_000);
+        assert_eq!(ok("tandem-bench -d 4032").data_size, 4032);
+    }
+
+    #[test]
+    fn resolved_config_serializes() {
+        let c = ok("tandem-bench --ratio 1:3 --key-dist zipf:0.5 --rate 100");
+        let json = serde_json::to_value(&c).expect("serializes");
+        assert_eq!(json["addr"], "127.0.0.1:7070");
+        assert_eq!(json["protocol"], "tandem");
+        assert_eq!(json["key_dist"], "zipf:0.5");
+        assert_eq!(json["tests"][0]["name"], "mixed");
+        assert_eq!(json["tests"][0]["mix"]["get"], 3);
+        assert_eq!(json["rate"], 100.0);
+        assert_eq!(json["requests"], 100_000);
+        assert!(json.get("progress").is_none());
+    }
+
+    #[test]
+    fn verify_partitions_keys() {
+        let c = ok("tandem-bench --verify -t put,get");
+        assert!(c.workload(c.tests.first()).partition);
+        assert!(c.workload(None).prefill);
+        assert!(!c.workload(c.tests.first()).prefill);
+    }
+}

@@ -1,0 +1,316 @@
+//! The protocols the load tool speaks: requests encoded into caller buffers, replies parsed
+//! in place and classified as success, miss or error. No I/O here.
+//!
+//! - `tandem`: one 4096-byte [`wire::Frame`] per request and reply, matched by id.
+//! - `echo`: Tandem frames sent to a server that returns them unchanged (the ceiling
+//!   baseline); any frame that decodes with the right id counts as success.
+//! - `resp`: Redis's protocol, `SET`/`GET`/`APPEND` as arrays of bulk strings; replies are
+//!   matched by order, as RESP has no ids.
+
+use std::io::Write;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use wire::{Command, EncodeError, Frame, Status, FRAME_LEN};
+
+use crate::stats::ErrorKind;
+use crate::workload::Cmd;
+
+/// Which protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Tandem's fixed 4096-byte frames.
+    Tandem,
+    /// Redis's RESP (SET/GET/APPEND).
+    Resp,
+    /// Tandem frames to an echo server (`tandem-echo`): the machine's ceiling.
+    Echo,
+}
+
+impl Protocol {
+    /// Whether requests and replies are Tandem frames.
+    pub const fn uses_frames(self) -> bool {
+        !matches!(self, Protocol::Resp)
+    }
+}
+
+/// Bytes of RESP framing around a SET's key and value, rounded up generously.
+const RESP_OVERHEAD: usize = 64;
+/// The longest RESP bulk reply accepted; longer is treated as garbage.
+const RESP_MAX_BULK: usize = 512 * 1024 * 1024;
+
+/// The most bytes one request can take on the wire.
+pub fn max_request_len(protocol: Protocol, key_len: usize, value_len: usize) -> usize {
+    match protocol {
+        Protocol::Tandem | Protocol::Echo => FRAME_LEN,
+        Protocol::Resp => RESP_OVERHEAD + key_len + value_len,
+    }
+}
+
+/// The Tandem opcode of a command.
+pub const fn command_of(cmd: Cmd) -> Command {
+    match cmd {
+        Cmd::Put => Command::PUT,
+        Cmd::Get => Command::GET,
+        Cmd::Append => Command::APPEND,
+    }
+}
+
+/// Encodes one request into the front of `out` and returns its length. `value` is ignored
+/// for GET; `id` is ignored by RESP.
+///
+/// # Errors
+/// When `out` is too short or the key and value break the frame's limits.
+pub fn encode_request(
+    protocol: Protocol,
+    id: u64,
+    cmd: Cmd,
+    key: &[u8],
+    value: &[u8],
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let value = if cmd.carries_value() { value } else { &[] };
+    match protocol {
+        Protocol::Tandem | Protocol::Echo => Frame::request(id, command_of(cmd), key, value).encode(out),
+        Protocol::Resp => {
+            let name: &[u8] = match cmd {
+                Cmd::Put => b"SET",
+                Cmd::Get => b"GET",
+                Cmd::Append => b"APPEND",
+            };
+            let args: &[&[u8]] = if cmd.carries_value() { &[name, key, value] } else { &[name, key] };
+            encode_resp_array(args, out).ok_or(EncodeError::BufferTooSmall { len: out.len() })
+        }
+    }
+}
+
+/// Writes `args` as a RESP array of bulk strings; `None` if `out` is too short.
+pub fn encode_resp_array(args: &[&[u8]], out: &mut [u8]) -> Option<usize> {
+    let total = out.len();
+    let mut cursor: &mut [u8] = out;
+    write!(cursor, "*{}\r\n", args.len()).ok()?;
+    for arg in args {
+        write!(cursor, "${}\r\n", arg.len()).ok()?;
+        cursor.write_all(arg).ok()?;
+        cursor.write_all(b"\r\n").ok()?;
+    }
+    Some(total - cursor.len())
+}
+
+/// One RESP reply, borrowing from the read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RespValue<'a> {
+    /// `+OK`
+    Simple(&'a [u8]),
+    /// `-ERR message`
+    Error(&'a [u8]),
+    /// `:42`
+    Integer(i64),
+    /// `$3\r\nabc`
+    Bulk(&'a [u8]),
+    /// `$-1` (or `*-1`, `_`): no value.
+    Nil,
+}
+
+/// Bytes that cannot be RESP; the connection is beyond repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RespError(pub &'static str);
+
+fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    Some((&buf[..end], end + 2))
+}
+
+fn parse_int(digits: &[u8]) -> Result<i64, RespError> {
+    let text = std::str::from_utf8(digits).map_err(|_| RespError("a number is not ASCII"))?;
+    text.parse().map_err(|_| RespError("a number does not parse"))
+}
+
+/// Parses the first reply in `buf`: `Ok(None)` until it is complete, then the reply and the
+/// bytes it took. Arrays other than a nil array are refused (SET/GET/APPEND never return one).
+///
+/// # Errors
+/// [`RespError`] for bytes that are not a RESP reply.
+pub fn parse_resp(buf: &[u8]) -> Result<Option<(RespValue<'_>, usize)>, RespError> {
+    let Some(&kind) = buf.first() else { return Ok(None) };
+    let Some((body, used)) = line(&buf[1..]) else {
+        // Guard against a peer that never ends its line.
+        return if buf.len() > 64 * 1024 { Err(RespError("a reply line never ends")) } else { Ok(None) };
+    };
+    let used = used + 1;
+    let value = match kind {
+        b'+' => RespValue::Simple(body),
+        b'-' => RespValue::Error(body),
+        b':' => RespValue::Integer(parse_int(body)?),
+        b'_' => RespValue::Nil,
+        b'*' if parse_int(body)? == -1 => RespValue::Nil,
+        b'*' => return Err(RespError("an array reply")),
+        b'$' => {
+            let len = parse_int(body)?;
+            if len == -1 {
+                RespValue::Nil
+            } else {
+                let len = usize::try_from(len).map_err(|_| RespError("a negative bulk length"))?;
+                if len > RESP_MAX_BULK {
+                    return Err(RespError("a bulk reply longer than 512 MiB"));
+                }
+                let Some(rest) = buf.get(used..used + len + 2) else { return Ok(None) };
+                if &rest[len..] != b"\r\n" {
+                    return Err(RespError("a bulk reply not ended by CRLF"));
+                }
+                return Ok(Some((RespValue::Bulk(&rest[..len]), used + len + 2)));
+            }
+        }
+        _ => return Err(RespError("an unknown reply type")),
+    };
+    Ok(Some((value, used)))
+}
+
+/// What a reply means for the request it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Done; for GET, the value read.
+    Ok(&'a [u8]),
+    /// GET of a key that does not exist.
+    Miss,
+    /// Counted as an error of this kind.
+    Error(ErrorKind),
+}
+
+/// Classifies a RESP reply to `cmd`.
+pub fn classify_resp<'a>(cmd: Cmd, reply: RespValue<'a>) -> Outcome<'a> {
+    match (cmd, reply) {
+        (_, RespValue::Error(_)) => Outcome::Error(ErrorKind::RespError),
+        (Cmd::Put, RespValue::Simple(b"OK")) => Outcome::Ok(&[]),
+        (Cmd::Get, RespValue::Bulk(value)) => Outcome::Ok(value),
+        (Cmd::Get, RespValue::Nil) => Outcome::Miss,
+        (Cmd::Append, RespValue::Integer(_)) => Outcome::Ok(&[]),
+        _ => Outcome::Error(ErrorKind::Unexpected),
+    }
+}
+
+/// Classifies a decoded frame answering the request `(id, cmd)`. An id mismatch is
+/// reported as such: the caller must then give up on the connection, as the replies are
+/// out of step with the requests.
+pub fn classify_frame<'a>(protocol: Protocol, id: u64, cmd: Cmd, reply: &Frame<'a>) -> Outcome<'a> {
+    if reply.id != id {
+        return Outcome::Error(ErrorKind::IdMismatch);
+    }
+    if protocol == Protocol::Echo {
+        return Outcome::Ok(reply.value);
+    }
+    if !reply.is_reply() || reply.command != command_of(cmd) {
+        return Outcome::Error(ErrorKind::Unexpected);
+    }
+    match reply.status() {
+        Status::OK => Outcome::Ok(reply.value),
+        Status::NOT_FOUND if cmd == Cmd::Get => Outcome::Miss,
+        status => Outcome::Error(ErrorKind::Status(status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_requests_are_arrays_of_bulk_strings() {
+        let mut out = [0u8; 128];
+        let n = encode_request(Protocol::Resp, 9, Cmd::Put, b"key:1", b"abc", &mut out).expect("fits");
+        assert_eq!(&out[..n], b"*3\r\n$3\r\nSET\r\n$5\r\nkey:1\r\n$3\r\nabc\r\n");
+        let n = encode_request(Protocol::Resp, 9, Cmd::Get, b"key:1", b"ignored", &mut out).expect("fits");
+        assert_eq!(&out[..n], b"*2\r\n$3\r\nGET\r\n$5\r\nkey:1\r\n");
+        let n = encode_request(Protocol::Resp, 9, Cmd::Append, b"k", b"", &mut out).expect("fits");
+        assert_eq!(&out[..n], b"*3\r\n$6\r\nAPPEND\r\n$1\r\nk\r\n$0\r\n\r\n");
+        assert!(encode_request(Protocol::Resp, 1, Cmd::Put, b"k", &[0; 200], &mut out).is_err());
+        let longest = max_request_len(Protocol::Resp, 16, 4000);
+        let mut big = vec![0u8; longest];
+        assert!(encode_request(Protocol::Resp, 1, Cmd::Put, &[b'k'; 16], &[b'v'; 4000], &mut big).is_ok());
+    }
+
+    #[test]
+    fn tandem_requests_are_frames() {
+        let mut out = [0u8; FRAME_LEN];
+        assert_eq!(encode_request(Protocol::Tandem, 77, Cmd::Get, b"k", b"dropped", &mut out), Ok(FRAME_LEN));
+        let frame = Frame::decode(&out).expect("valid");
+        assert_eq!(
+            (frame.id, frame.command, frame.key, frame.value),
+            (77, Command::GET, &b"k"[..], &b""[..])
+        );
+    }
+
+    #[test]
+    fn resp_replies_parse() {
+        let cases: [(&[u8], RespValue<'_>, usize); 7] = [
+            (b"+OK\r\n", RespValue::Simple(b"OK"), 5),
+            (b"-ERR wrong\r\nrest", RespValue::Error(b"ERR wrong"), 12),
+            (b":12\r\n", RespValue::Integer(12), 5),
+            (b"$3\r\nabc\r\n+OK", RespValue::Bulk(b"abc"), 9),
+            (b"$0\r\n\r\n", RespValue::Bulk(b""), 6),
+            (b"$-1\r\n", RespValue::Nil, 5),
+            (b"_\r\n", RespValue::Nil, 3),
+        ];
+        for (bytes, want, used) in cases {
+            assert_eq!(parse_resp(bytes), Ok(Some((want, used))), "{:?}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn partial_resp_replies_wait_for_more() {
+        let whole = b"$5\r\nhello\r\n";
+        for cut in 0..whole.len() {
+            assert_eq!(parse_resp(&whole[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(parse_resp(whole), Ok(Some((RespValue::Bulk(b"hello"), whole.len()))));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [&b"?what\r\n"[..], b"$x\r\n", b"$-5\r\n", b"$3\r\nabcXY", b"*2\r\n", b":1.5\r\n"] {
+            assert!(parse_resp(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(parse_resp(&[b'+'; 70_000]).is_err());
+    }
+
+    #[test]
+    fn resp_replies_classify_by_command() {
+        assert_eq!(classify_resp(Cmd::Put, RespValue::Simple(b"OK")), Outcome::Ok(b""));
+        assert_eq!(classify_resp(Cmd::Get, RespValue::Bulk(b"v")), Outcome::Ok(b"v"));
+        assert_eq!(classify_resp(Cmd::Get, RespValue::Nil), Outcome::Miss);
+        assert_eq!(classify_resp(Cmd::Append, RespValue::Integer(5)), Outcome::Ok(b""));
+        assert_eq!(classify_resp(Cmd::Put, RespValue::Error(b"OOM")), Outcome::Error(ErrorKind::RespError));
+        assert_eq!(classify_resp(Cmd::Put, RespValue::Nil), Outcome::Error(ErrorKind::Unexpected));
+        assert_eq!(classify_resp(Cmd::Get, RespValue::Simple(b"OK")), Outcome::Error(ErrorKind::Unexpected));
+    }
+
+    #[test]
+    fn frames_classify_by_id_command_and_status() {
+        let request = Frame::request(5, Command::GET, b"k", b"");
+        let ok = Frame::reply(&request, Status::OK, b"val");
+        let missing = Frame::reply(&request, Status::NOT_FOUND, b"");
+        let busy = Frame::reply(&request, Status::UNAVAILABLE, b"");
+        let t = Protocol::Tandem;
+        assert_eq!(classify_frame(t, 5, Cmd::Get, &ok), Outcome::Ok(b"val"));
+        assert_eq!(classify_frame(t, 5, Cmd::Get, &missing), Outcome::Miss);
+        assert_eq!(
+            classify_frame(t, 5, Cmd::Get, &busy),
+            Outcome::Error(ErrorKind::Status(Status::UNAVAILABLE))
+        );
+        assert_eq!(classify_frame(t, 6, Cmd::Get, &ok), Outcome::Error(ErrorKind::IdMismatch));
+        assert_eq!(classify_frame(t, 5, Cmd::Put, &ok), Outcome::Error(ErrorKind::Unexpected));
+        assert_eq!(classify_frame(t, 5, Cmd::Get, &request), Outcome::Error(ErrorKind::Unexpected));
+        let put = Frame::request(5, Command::PUT, b"k", b"");
+        let put_missing = Frame::reply(&put, Status::NOT_FOUND, b"");
+        assert_eq!(
+            classify_frame(t, 5, Cmd::Put, &put_missing),
+            Outcome::Error(ErrorKind::Status(Status::NOT_FOUND))
+        );
+        // The echo server returns the request itself.
+        assert_eq!(classify_frame(Protocol::Echo, 5, Cmd::Get, &request), Outcome::Ok(b""));
+        assert_eq!(
+            classify_frame(Protocol::Echo, 4, Cmd::Get, &request),
+            Outcome::Error(ErrorKind::IdMismatch)
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Helpers for the integration tests: run the binaries, and tiny in-test servers that speak
+//! Tandem's frames and RESP over real loopback sockets, one thread per connection.
+
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use wire::{Command as Op, Frame, Request, Status, FRAME_LEN};
+
+pub const BENCH: &str = env!("CARGO_BIN_EXE_tandem-bench");
+pub const ECHO: &str = env!("CARGO_BIN_EXE_tandem-echo");
+
+/// A child process killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tandem-echo` on a free port and waits for its "listening on" line.
+pub fn spawn_echo() -> Server {
+    let mut child = Command::new(ECHO)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tandem-echo starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("a first line");
+    let addr = line
+        .trim()
+        .strip_prefix("tandem-echo listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    Server { child, addr }
+}
+
+/// Runs tandem-bench with `args`, killing it if it takes longer than `limit`. Output is
+/// collected while it runs, so a chatty run cannot block on a full pipe.
+pub fn bench(args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(BENCH)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tandem-bench starts");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let out = rx.recv().expect("killed").expect("output");
+            panic!("tandem-bench {args:?} ran over {limit:?}\n{}", describe(&out));
+        }
+    }
+}
+
+/// The JSON objects tandem-bench printed, one per line.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// How a fake server misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Behaves.
+    None,
+    /// Answers every write and read with this error status.
+    Status(Status),
+    /// Returns a value that is not the one stored.
+    CorruptValues,
+    /// Closes each connection after this many requests.
+    CloseAfter(u64),
+    /// Reads requests and never answers (but PING).
+    Silent,
+}
+
+/// A tiny in-memory Tandem key-value server: PING, GET, PUT, APPEND, in order per
+/// connection, replying as the protocol says.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+}
+
+type Store = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
+
+fn serve_forever(listener: TcpListener, handle: impl Fn(TcpStream) + Send + Sync + 'static) {
+    let handle = Arc::new(handle);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let handle = handle.clone();
+            thread::spawn(move || handle(stream));
+        }
+    });
+}
+
+pub fn fake_tandem(fault: Fault) -> FakeServer {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let store: Store = Arc::default();
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    serve_forever(listener, move |mut stream| {
+        let _ = stream.set_nodelay(true);
+        let mut buf = [0u8; FRAME_LEN];
+        let mut out = [0u8; FRAME_LEN];
+        let mut served = 0u64;
+        while stream.read_exact(&mut buf).is_ok() {
+            let Ok(frame) = Frame::decode(&buf) else { return };
+            if let Fault::CloseAfter(n) = fault {
+                if served >= n {
+                    return;
+                }
+            }
+            served += 1;
+            if fault == Fault::Silent && frame.command != Op::PING {
+                continue;
+            }
+            let is_ping = frame.command == Op::PING;
+            if !is_ping {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut value = Vec::new();
+            let status = match (fault, Request::parse(&frame)) {
+                (_, Ok(Request::Ping { payload })) => {
+                    value = payload.to_vec();
+                    Status::OK
+                }
+                (Fault::Status(status), _) => status,
+                (_, Ok(Request::Put { key, value: v, .. })) => {
+                    store.lock().expect("lock").insert(key.to_vec(), v.to_vec());
+                    Status::OK
+                }
+                (_, Ok(Request::Append { key, value: v, .. })) => {
+                    store.lock().expect("lock").entry(key.to_vec()).or_default().extend_from_slice(v);
+                    Status::OK
+                }
+                (_, Ok(Request::Get { key })) => match store.lock().expect("lock").get(key) {
+                    Some(v) => {
+                        value = v.clone();
+                        if fault == Fault::CorruptValues {
+                            value[VERIFY_OFFSET] ^= 1;
+                        }
+                        Status::OK
+                    }
+                    None => Status::NOT_FOUND,
+                },
+                _ => Status::BAD_REQUEST,
+            };
+            Frame::reply(&frame, status, &value).encode(&mut out).expect("fits");
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    FakeServer { addr, requests }
+}
+
+/// Which byte CorruptValues flips: inside the verify header, so only --verify notices.
+const VERIFY_OFFSET: usize = 9;
+
+/// Reads one RESP command (an array of bulk strings); `None` at end of stream.
+fn read_command(reader: &mut BufReader<TcpStream>) -> Option<Vec<Vec<u8>>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let count: usize = line.trim().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(count);
+    for _ in 0..count {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let len: usize = line.trim().strip_prefix('$')?.parse().ok()?;
+        let mut arg = vec![0u8; len + 2];
+        reader.read_exact(&mut arg).ok()?;
+        arg.truncate(len);
+        args.push(arg);
+    }
+    Some(args)
+}
+
+/// A tiny in-memory RESP server: PING, SET, GET, APPEND.
+pub fn fake_resp(fault: Fault) -> FakeServer {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let store: Store = Arc::default();
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    serve_forever(listener, move |stream| {
+        let _ = stream.set_nodelay(true);
+        let Ok(mut writer) = stream.try_clone() else { return };
+        let mut reader = BufReader::new(stream);
+        while let Some(args) = read_command(&mut reader) {
+            let reply: Vec<u8> = match args.as_slice() {
+                [name] if name.as_slice() == b"PING" => b"+PONG\r\n".to_vec(),
+                _ if matches!(fault, Fault::Status(_)) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    b"-ERR injected\r\n".to_vec()
+                }
+                [name, key, value] if name.as_slice() == b"SET" => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    store.lock().expect("lock").insert(key.clone(), value.clone());
+                    b"+OK\r\n".to_vec()
+                }
+                [name, key, value] if name.as_slice() == b"APPEND" => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let mut store = store.lock().expect("lock");
+                    let entry = store.entry(key.clone()).or_default();
+                    entry.extend_from_slice(value);
+                    format!(":{}\r\n", entry.len()).into_bytes()
+                }
+                [name, key] if name.as_slice() == b"GET" => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    match store.lock().expect("lock").get(key) {
+                        Some(v) => {
+                            let mut v = v.clone();
+                            if fault == Fault::CorruptValues {
+                                v[VERIFY_OFFSET] ^= 1;
+                            }
+                            let mut reply = format!("${}\r\n", v.len()).into_bytes();
+                            reply.extend_from_slice(&v);
+                            reply.extend_from_slice(b"\r\n");
+                            reply
+                        }
+                        None => b"$-1\r\n".to_vec(),
+                    }
+                }
+                _ => b"-ERR unknown command\r\n".to_vec(),
+            };
+            if writer.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    FakeServer { addr, requests }
+}

@@ -146,7 +146,7 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_hashmap_model(ops in proptest::collection::vec(op(), 1..160)) {

@@ -536,6 +536,7 @@ impl Server {
         }
         let now = Instant::now();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        log::info!("shutting down: answering what {} connections sent", keys.len());
         for &key in &keys {
             if let Some(conn) = self.conns.get_mut(key) {
                 if !conn.queued {
@@ -564,7 +565,11 @@ impl Server {
                 self.flush_or_close(key, Instant::now());
             }
         }
-        log::info!("shut down: {} connections closed", self.conns.len());
+        let undelivered = self.conns.iter().filter(|(_, c)| c.pending_out() > 0).count();
+        if undelivered > 0 {
+            log::warn!("{undelivered} connections did not take their last replies within {DRAIN_TIMEOUT:?}");
+        }
+        log::info!("shut down cleanly");
         Ok(())
     }
 }

@@ -29,6 +29,10 @@ pub struct Config {
     pub segment_len: u64,
     /// Listen backlog.
     pub backlog: i32,
+    /// SO_SNDBUF for client sockets; `None` leaves the kernel's autotuning alone.
+    pub send_buffer: Option<usize>,
+    /// SO_RCVBUF for client sockets; `None` leaves the kernel's autotuning alone.
+    pub recv_buffer: Option<usize>,
 }
 
 impl Default for Config {
@@ -44,6 +48,8 @@ impl Default for Config {
             busy_poll: Duration::ZERO,
             segment_len: storage::Options::default().segment_len,
             backlog: 1024,
+            send_buffer: None,
+            recv_buffer: None,
         }
     }
 }

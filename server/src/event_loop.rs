@@ -305,9 +305,7 @@ impl Server {
                 refuse_busy(stream);
                 continue;
             }
-            if let Err(e) = stream.set_nodelay(true) {
-                log::debug!("TCP_NODELAY on {peer}: {e}");
-            }
+            configure_socket(&stream, &self.config);
             let entry = self.conns.vacant_entry();
             let token = Token(FIRST_CONN + entry.key());
             let mut conn = Conn::new(stream, peer, self.handler.new_session(), now);
@@ -571,6 +569,19 @@ impl Server {
         }
         log::info!("shut down cleanly");
         Ok(())
+    }
+}
+
+/// Per-connection socket options: no Nagle delay (replies are whole frames already), and
+/// the buffer sizes asked for, if any.
+fn configure_socket(stream: &TcpStream, config: &Config) {
+    let socket = socket2::SockRef::from(stream);
+    let result = socket
+        .set_tcp_nodelay(true)
+        .and_then(|()| config.send_buffer.map_or(Ok(()), |n| socket.set_send_buffer_size(n)))
+        .and_then(|()| config.recv_buffer.map_or(Ok(()), |n| socket.set_recv_buffer_size(n)));
+    if let Err(e) = result {
+        log::debug!("socket options: {e}");
     }
 }
 

@@ -56,6 +56,14 @@ struct Args {
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     segment_mib: u64,
 
+    /// SO_SNDBUF for client sockets in bytes (default: the kernel's autotuning).
+    #[arg(long, value_name = "BYTES")]
+    so_sndbuf: Option<usize>,
+
+    /// SO_RCVBUF for client sockets in bytes (default: the kernel's autotuning).
+    #[arg(long, value_name = "BYTES")]
+    so_rcvbuf: Option<usize>,
+
     /// Coordinator (view service) address for replicated mode. Not available yet.
     #[arg(long, value_name = "ADDR")]
     coordinator: Option<SocketAddr>,
@@ -107,6 +115,8 @@ fn run(args: Args) -> Result<(), String> {
         insecure: args.insecure,
         busy_poll: Duration::from_micros(args.busy_poll_us),
         segment_len: args.segment_mib.max(1) * 1024 * 1024,
+        send_buffer: args.so_sndbuf,
+        recv_buffer: args.so_rcvbuf,
         ..Config::default()
     };
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;

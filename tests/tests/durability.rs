@@ -145,3 +145,38 @@ fn sigterm_answers_in_flight_requests_then_exits_zero() {
     }
     assert!(!server.log().contains("panicked"));
 }
+
+#[test]
+fn sigkill_during_writes_loses_nothing_acknowledged_fsync_interval() {
+    kill_during_writes_loses_nothing_acknowledged("interval:5");
+}
+
+fn stat(c: &mut Client, name: &str) -> u64 {
+    let stats: HashMap<String, String> = c.stats().unwrap().into_iter().collect();
+    stats[name].parse().unwrap()
+}
+
+#[test]
+fn fsync_always_commits_pipelined_writes_as_a_group() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--fsync", "always"]);
+    let mut c = server.client();
+    // Sequential writes: each waits for its own sync before the reply.
+    for i in 0..20 {
+        c.put(format!("seq{i}").as_bytes(), b"v").unwrap();
+    }
+    let after_sequential = stat(&mut c, "syncs");
+    assert!(after_sequential >= 20, "each acknowledged write was synced first: {after_sequential} syncs");
+    assert_eq!(stat(&mut c, "durable_lsn"), stat(&mut c, "last_lsn"));
+    // 2000 pipelined writes share far fewer syncs than writes.
+    let keys: Vec<String> = (0..2000).map(|i| format!("pipe{i}")).collect();
+    let ops: Vec<client::Op<'_>> = keys.iter().map(|k| client::Op::Put(k.as_bytes(), b"v")).collect();
+    c.pipeline(&ops).unwrap();
+    let group = stat(&mut c, "syncs") - after_sequential;
+    assert!(group > 0 && group < 1000, "2000 pipelined writes took {group} syncs");
+
+    let never = ServerProcess::start(&dir.path().join("never"), &["--fsync", "never"]);
+    let mut c = never.client();
+    c.put(b"k", b"v").unwrap();
+    assert_eq!(stat(&mut c, "syncs"), 0, "--fsync never does not sync on the request path");
+}

@@ -219,7 +219,7 @@ fn bench_delete(c: &mut Criterion) {
 fn bench_recovery(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let n = 1_000_000;
-    let value = vec![7u8; 100];
+    let value = [7u8; 100];
     let bytes = {
         let mut store = Store::open(dir.path(), opts(Durability::Never)).unwrap();
         for (i, k) in keys(n).iter().enumerate() {

@@ -155,6 +155,11 @@ pub fn probe(addr: SocketAddr, protocol: Protocol) -> Result<(), StartError> {
         match protocol {
             Protocol::Tandem | Protocol::Echo if got == FRAME_LEN => {
                 return match Frame::decode_slice(&reply) {
+                    Ok(frame) if frame.id == 0 && protocol == Protocol::Tandem && !frame.is_reply() => {
+                        Err(unreachable(
+                            "returned the PING unchanged: an echo server? (use --protocol echo)".into(),
+                        ))
+                    }
                     Ok(frame) if frame.id == 0 => Ok(()),
                     Ok(frame) => Err(unreachable(format!("answered a PING with id {}", frame.id))),
                     Err(e) => Err(unreachable(format!("answered a PING with a bad frame ({e})"))),
@@ -537,6 +542,16 @@ mod tests {
         let names: Vec<String> = phases(&config).into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["prefill", "GET", "PUT"]);
         assert!(phases(&config)[0].is_prefill());
+    }
+
+    #[test]
+    fn probe_tells_an_echo_server_from_a_tandem_server() {
+        let echo = crate::echo::EchoServer::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).expect("spawn");
+        assert!(probe(echo.addr(), Protocol::Echo).is_ok());
+        let err = probe(echo.addr(), Protocol::Tandem).expect_err("an echo is not a tandem server");
+        assert!(err.to_string().contains("--protocol echo"), "{err}");
+        let err = probe(echo.addr(), Protocol::Resp).expect_err("nor a Redis");
+        assert!(err.to_string().contains("RESP") || err.to_string().contains("PING"), "{err}");
     }
 
     #[test]

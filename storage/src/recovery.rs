@@ -506,6 +506,9 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
         flush_in_flight: false,
         next_flush: None,
         recovery: RecoveryReport::default(),
+        prepared: None,
+        preparing: false,
+        prepare_failed: false,
     };
     if active.is_none() {
         store.roll()?;

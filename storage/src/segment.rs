@@ -241,6 +241,17 @@ impl Segment {
         self.max_lsn = self.max_lsn.max(lsn);
     }
 
+    /// Takes over a segment prepared in advance as the log segment `id`: rewrites its header
+    /// (id and base LSN are only known now). The file is still named `*.new`, so a crash before
+    /// the caller renames it leaves nothing behind that recovery would read.
+    pub fn adopt(&mut self, id: u64, base_lsn: u64) {
+        let header =
+            SegmentHeader { kind: SegmentKind::Log, id, segment_len: self.map.len() as u64, base_lsn };
+        self.map[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        self.id = id;
+        self.kind = SegmentKind::Log;
+    }
+
     /// Zeroes `from..to` of the mapping (cutting a torn tail).
     pub fn zero(&mut self, from: usize, to: usize) {
         let to = to.min(self.map.len());

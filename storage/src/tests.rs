@@ -88,6 +88,10 @@ fn segments_roll_and_everything_survives_reopen() {
     }
     assert!(s.stats().segments > 5);
     drop(s);
+    // A segment prepared ahead of need but not used is deleted on close.
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.iter().all(|n| n.ends_with(".seg") || n == "LOCK"), "{names:?}");
     let s = Store::open(dir.path(), small()).unwrap();
     for i in 0..200 {
         assert_eq!(s.get(format!("key{i}").as_bytes()).unwrap().value, val(i, 500));

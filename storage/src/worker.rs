@@ -15,6 +15,8 @@ use crate::error::StorageError;
 pub(crate) enum Job {
     /// fdatasync these files (then the directory, if given): the interval flush.
     Flush { files: Vec<Arc<File>>, dir: Option<Arc<File>>, lsn: u64 },
+    /// Create, allocate and map the next log segment (named `{id}.new`) ahead of need.
+    Prepare { dir: std::path::PathBuf, id: u64, len: u64 },
     /// Make a compaction durable and delete what it replaced; see `compaction::commit`.
     Commit(Box<crate::compaction::CommitJob>),
 }
@@ -23,6 +25,8 @@ pub(crate) enum Job {
 pub(crate) enum Done {
     /// A `Flush` job finished; on success everything up to `lsn` is durable.
     Flushed { lsn: u64, result: io::Result<()> },
+    /// A `Prepare` job finished.
+    Prepared(Result<crate::segment::Segment, StorageError>),
     /// A `Commit` job finished; on success everything up to `lsn` is durable too.
     Committed { lsn: u64, result: Result<(), StorageError> },
 }
@@ -95,6 +99,14 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     while let Ok(job) = jobs.recv() {
         let report = match job {
             Job::Flush { files, dir, lsn } => Done::Flushed { lsn, result: flush(&files, dir.as_deref()) },
+            Job::Prepare { dir, id, len } => Done::Prepared(crate::segment::Segment::create(
+                &dir,
+                id,
+                crate::format::SegmentKind::Log,
+                len,
+                0,
+                "new",
+            )),
             Job::Commit(job) => {
                 let lsn = job.lsn;
                 Done::Committed { lsn, result: crate::compaction::commit(*job) }

@@ -323,18 +323,18 @@ fn run_many(iterations: u64, base_seed: u64, target_compaction: bool) -> Tally {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let t = run_many(120, 1000, false);
+    let t = run_many(100, 1000, false);
     assert!(t.kills >= 1);
 }
 
 #[test]
 fn sigkill_during_compaction_loses_nothing_and_resurrects_nothing() {
-    let t = run_many(100, 5000, true);
+    let t = run_many(80, 5000, true);
     assert!(t.kills >= 1);
     if std::env::var("TANDEM_CRASH_SEED").is_err() {
         // The kills must actually have landed in each window: copying (leftover *.tmp outputs
         // removed on reopen) and after the commit point (marker found, clean-up redone).
-        assert!(t.during_compaction >= 30, "too few kills landed during compaction: {t:?}");
+        assert!(t.during_compaction >= 25, "too few kills landed during compaction: {t:?}");
         assert!(t.leftovers_removed >= 5 && t.compactions_redone >= 3, "windows not covered: {t:?}");
     }
 }

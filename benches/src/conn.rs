@@ -67,6 +67,11 @@ impl Gate {
         }
     }
 
+    /// Admits nothing more from `now_ns` on (the run was interrupted).
+    pub fn stop(&mut self, now_ns: u64) {
+        self.end_ns = Some(self.end_ns.map_or(now_ns, |end| end.min(now_ns)));
+    }
+
     /// Whether no request intended at `now_ns` or later will be admitted.
     pub fn closed(&self, now_ns: u64) -> bool {
         self.end_ns.is_some_and(|end| now_ns >= end)
@@ -722,6 +727,19 @@ mod tests {
         assert_eq!(gate.admit(150), Admit::Measured);
         assert_eq!(gate.admit(160), Admit::Refused);
         assert!(gate.closed(160));
+    }
+
+    #[test]
+    fn a_stopped_gate_admits_nothing_more() {
+        let mut gate = Gate { measure_start_ns: 0, end_ns: None, remaining: Some(100) };
+        assert_eq!(gate.admit(10), Admit::Measured);
+        gate.stop(20);
+        assert!(gate.closed(20));
+        assert_eq!(gate.admit(15), Admit::Measured, "intended before the stop: still sent");
+        assert_eq!(gate.admit(20), Admit::Refused);
+        let mut timed = Gate { measure_start_ns: 0, end_ns: Some(10), remaining: None };
+        timed.stop(50);
+        assert_eq!(timed.end_ns, Some(10), "a stop after the end changes nothing");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
@@ -194,6 +194,7 @@ pub struct Runner {
     partial: BTreeMap<usize, (usize, PhaseStats)>,
     next_phase: usize,
     progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Runner {
@@ -208,13 +209,18 @@ impl Runner {
         let (tx, rx) = mpsc::channel();
         let barrier = Arc::new(Barrier::new(config.threads));
         let progress = Arc::new(Progress::default());
+        let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(config.threads);
         for thread in 0..config.threads {
             let first = config.connections * thread / config.threads;
             let last = config.connections * (thread + 1) / config.threads;
-            let worker =
-                Worker::new(shared.clone(), first..last, tx.clone(), barrier.clone(), progress.clone())
-                    .map_err(StartError::Setup)?;
+            let links = Links {
+                tx: tx.clone(),
+                barrier: barrier.clone(),
+                progress: progress.clone(),
+                stop: stop.clone(),
+            };
+            let worker = Worker::new(shared.clone(), first..last, links).map_err(StartError::Setup)?;
             let handle = std::thread::Builder::new()
                 .name(format!("load-{thread}"))
                 .spawn(move || worker.run())
@@ -229,7 +235,19 @@ impl Runner {
             partial: BTreeMap::new(),
             next_phase: 0,
             progress,
+            stop,
         })
+    }
+
+    /// Ends the run early: the phase under way stops sending, waits for its replies and
+    /// reports what it measured (marked interrupted); later phases are skipped.
+    pub fn interrupt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The flag [`Runner::interrupt`] sets, for `signal_hook::flag::register`.
+    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// The phases, in order.
@@ -268,6 +286,8 @@ impl Runner {
             match self.rx.recv_timeout(tick) {
                 Ok(Msg::Phase { index, stats }) => {
                     let entry = self.partial.entry(index).or_insert_with(|| (0, PhaseStats::new()));
+                    entry.1.skipped =
+                        if entry.0 == 0 { stats.skipped } else { entry.1.skipped && stats.skipped };
                     entry.0 += 1;
                     entry.1.merge(&stats);
                 }
@@ -309,6 +329,14 @@ impl Shared {
     }
 }
 
+/// How a worker talks to the runner and the other workers.
+struct Links {
+    tx: Sender<Msg>,
+    barrier: Arc<Barrier>,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+}
+
 struct Worker {
     shared: Arc<Shared>,
     poll: Poll,
@@ -316,9 +344,7 @@ struct Worker {
     conns: Vec<Conn>,
     timer: Option<Timer>,
     verify: Option<Verify>,
-    tx: Sender<Msg>,
-    barrier: Arc<Barrier>,
-    progress: Arc<Progress>,
+    links: Links,
     /// Connections that failed to open before the first phase; counted in it.
     setup_failures: u64,
     /// The run-wide numbers of this thread's connections.
@@ -326,13 +352,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(
-        shared: Arc<Shared>,
-        slots: std::ops::Range<usize>,
-        tx: Sender<Msg>,
-        barrier: Arc<Barrier>,
-        progress: Arc<Progress>,
-    ) -> std::io::Result<Worker> {
+    fn new(shared: Arc<Shared>, slots: std::ops::Range<usize>, links: Links) -> std::io::Result<Worker> {
         let config = &shared.config;
         let poll = Poll::new()?;
         let timer = if config.rate.is_some() { Some(Timer::new(poll.registry(), TIMER)?) } else { None };
@@ -354,9 +374,7 @@ impl Worker {
             conns,
             timer,
             verify,
-            tx,
-            barrier,
-            progress,
+            links,
             setup_failures,
             slots,
             shared,
@@ -366,9 +384,9 @@ impl Worker {
     fn run(mut self) {
         let shared = self.shared.clone();
         for (index, phase) in shared.phases.iter().enumerate() {
-            self.barrier.wait();
+            self.links.barrier.wait();
             let stats = self.run_phase(index, phase);
-            if self.tx.send(Msg::Phase { index, stats: Box::new(stats) }).is_err() {
+            if self.links.tx.send(Msg::Phase { index, stats: Box::new(stats) }).is_err() {
                 return; // The runner is gone.
             }
         }
@@ -426,6 +444,13 @@ impl Worker {
             last_reply_ns: 0,
             clock: &clock,
         };
+        // Once interrupted, every phase stops sending at once: later ones send nothing, so
+        // all threads still meet at each barrier and the runner hears from each of them.
+        let skipped = self.links.stop.load(Ordering::Relaxed);
+        let mut interrupted = skipped;
+        if skipped {
+            ctx.gate.stop(0);
+        }
         for conn in &mut self.conns {
             conn.pump(&mut ctx);
         }
@@ -433,6 +458,10 @@ impl Worker {
         let mut drain_deadline: Option<u64> = None;
         loop {
             let now = clock.now();
+            if !interrupted && self.links.stop.load(Ordering::Relaxed) {
+                interrupted = true;
+                ctx.gate.stop(now);
+            }
             if open_loop.is_some() {
                 for conn in &mut self.conns {
                     if conn.next_due().is_some_and(|due| due <= now) {
@@ -458,8 +487,8 @@ impl Worker {
                     conn.housekeeping(&mut ctx, timeout_ns);
                 }
                 let (ops, errors) = ctx.recorder.take_progress();
-                self.progress.ops.fetch_add(ops, Ordering::Relaxed);
-                self.progress.errors.fetch_add(errors, Ordering::Relaxed);
+                self.links.progress.ops.fetch_add(ops, Ordering::Relaxed);
+                self.links.progress.errors.fetch_add(errors, Ordering::Relaxed);
                 // Nothing answered for twice the timeout while there is work to do: the server
                 // is gone or wedged. Give up on this phase rather than retry forever.
                 let waiting = self.conns.iter().any(|c| !c.is_open() || c.in_flight() > 0);
@@ -519,13 +548,16 @@ impl Worker {
             ctx.recorder.record_error(ErrorKind::Timeout, unsent, end);
         }
         let (ops, errors) = ctx.recorder.take_progress();
-        self.progress.ops.fetch_add(ops, Ordering::Relaxed);
-        self.progress.errors.fetch_add(errors, Ordering::Relaxed);
+        self.links.progress.ops.fetch_add(ops, Ordering::Relaxed);
+        self.links.progress.errors.fetch_add(errors, Ordering::Relaxed);
         for conn in &mut self.conns {
             conn.workload = None;
             conn.schedule = None;
         }
-        recorder.finish(end)
+        let mut stats = recorder.finish(end);
+        stats.interrupted = interrupted;
+        stats.skipped = skipped;
+        stats
     }
 }
 

@@ -110,6 +110,8 @@ pub struct RateReport {
 pub struct TestReport {
     /// The test's name: `PUT`, `GET`, `APPEND`, `mixed`, `ycsb-a`.., or `prefill`.
     pub test: String,
+    /// The run was interrupted (Ctrl-C) during this test: the figures cover only part of it.
+    pub interrupted: bool,
     /// Requests sent while measuring.
     pub requests: u64,
     /// Successful replies (GET misses included).
@@ -183,6 +185,7 @@ impl TestReport {
             .collect();
         TestReport {
             test: result.phase.name.clone(),
+            interrupted: stats.interrupted,
             requests: stats.requests,
             ops: stats.ops(),
             elapsed_s: stats.elapsed_ns as f64 / 1e9,
@@ -255,6 +258,9 @@ pub fn write_human(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
         r.test, r.ops, r.elapsed_s, r.ops_per_sec, r.errors
     )?;
     writeln!(out, "  latency us: {}", latency_line(&r.latency))?;
+    if r.interrupted {
+        writeln!(out, "  interrupted: partial results")?;
+    }
     if let Some(rate) = &r.rate {
         writeln!(out, "  service us: {}", latency_line(&rate.service))?;
         writeln!(

@@ -181,6 +181,11 @@ pub struct PhaseStats {
     pub elapsed_ns: u64,
     /// Second `i` covers `[i, i + 1)` seconds after the start of measurement.
     pub series: Vec<SeriesBucket>,
+    /// The run was interrupted while this phase ran: the figures are partial. Merged: any.
+    pub interrupted: bool,
+    /// The run was interrupted before this phase started: nothing was sent. Not merged:
+    /// [`crate::driver::Runner`] sets it when every thread skipped.
+    pub skipped: bool,
 }
 
 impl PhaseStats {
@@ -192,11 +197,14 @@ impl PhaseStats {
             requests: 0,
             elapsed_ns: 0,
             series: Vec::new(),
+            interrupted: false,
+            skipped: false,
         }
     }
 
     /// Adds another thread's stats for the same phase.
     pub fn merge(&mut self, other: &PhaseStats) {
+        self.interrupted |= other.interrupted;
         for (mine, theirs) in self.cmds.iter_mut().zip(&other.cmds) {
             mine.merge(theirs);
         }

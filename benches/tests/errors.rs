@@ -70,6 +70,34 @@ fn dropped_connections_are_counted_and_reopened() {
 }
 
 #[test]
+fn an_interrupt_reports_the_partial_test_skips_the_rest_and_exits_130() {
+    let echo = common::spawn_echo();
+    let addr = echo.addr.to_string();
+    let child = std::process::Command::new(common::BENCH)
+        .args(["--protocol", "echo", "-s", &addr, "-c", "2", "--duration", "30", "-t", "put,get", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    let status =
+        std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("output");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "the GET test never started: {}", describe(&out));
+    assert_eq!(lines[0]["test"], "PUT");
+    assert_eq!(lines[0]["interrupted"], true);
+    assert_eq!(lines[0]["errors"], 0);
+    assert_eq!(lines[0]["ops"], lines[0]["requests"], "every request sent before the stop was answered");
+    let elapsed = lines[0]["elapsed_s"].as_f64().expect("elapsed");
+    assert!(elapsed < 5.0, "stopped early: {elapsed}");
+}
+
+#[test]
 fn a_silent_server_times_out_and_the_phase_gives_up() {
     let server = fake_tandem(Fault::Silent);
     let addr = server.addr.to_string();

@@ -1,6 +1,7 @@
 //! `tandem-bench`: the load tool. Parses the flags, runs the phases, prints each test's
-//! results as it ends, and exits 0 (all good), 1 (errors or timeouts during the run) or 2
-//! (usage error, unreachable server).
+//! results as it ends, and exits 0 (all good), 1 (errors or timeouts during the run), 2
+//! (usage error, unreachable server) or 130 (interrupted: the test under way is reported
+//! as partial, later ones are skipped; a second Ctrl-C exits at once).
 
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
@@ -45,6 +46,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let interrupted = runner.interrupt_flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal stops the run gracefully; a second one, with the flag already
+        // set, exits at once.
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 130, interrupted.clone())
+            .and_then(|_| signal_hook::flag::register(signal, interrupted.clone()));
+        if let Err(e) = registered {
+            log::warn!("cannot handle signal {signal}: {e}");
+        }
+    }
 
     let mut out = io::stdout().lock();
     // Output errors (a closed pipe) must not stop the run nor change its verdict.
@@ -77,6 +88,7 @@ fn main() -> ExitCode {
                     eprint!("\r\x1b[2K{line}");
                 }
             }
+            RunEvent::Phase(result) if result.stats.skipped => {}
             RunEvent::Phase(result) => {
                 if show_progress {
                     eprint!("\r\x1b[2K");
@@ -106,6 +118,12 @@ fn main() -> ExitCode {
     }
     if errors > 0 {
         eprintln!("tandem-bench: {errors} errors during the run");
+    }
+    if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("tandem-bench: interrupted; the last test's results are partial");
+        return ExitCode::from(130);
+    }
+    if errors > 0 {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS

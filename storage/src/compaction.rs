@@ -188,8 +188,13 @@ impl Store {
                 return Ok(());
             }
             let deadline = now + self.opts.compact_step_budget;
-            if self.copy_step(Some(deadline))? {
-                self.begin_commit();
+            match self.copy_step(Some(deadline)) {
+                Ok(true) => self.begin_commit(),
+                Ok(false) => {}
+                // A full disk only pauses compaction (retried after a while, logged by
+                // `copy_step`); it must not look like a failure of the store to the event loop.
+                Err(StorageError::NoSpace) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())

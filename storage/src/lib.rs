@@ -676,9 +676,10 @@ impl Store {
     /// compaction step of at most [`Options::compact_step_budget`]. It returns in about that time.
     ///
     /// # Errors
-    /// A background flush or compaction commit failed ([`StorageError::Io`]/`NoSpace`; the store is
-    /// then poisoned), or compaction could not allocate a segment ([`StorageError::NoSpace`]; it is
-    /// retried on a later tick, nothing is lost).
+    /// A background flush or compaction commit failed ([`StorageError::Io`]/`NoSpace`); the store
+    /// is then poisoned (writes refused until reopened, reads go on). A compaction that cannot
+    /// allocate an output segment on a full disk is not an error here: it pauses, logs a warning
+    /// and retries on a later tick; nothing is lost.
     pub fn tick(&mut self, now: Instant) -> Result<(), StorageError> {
         self.poll_worker()?;
         if self.poisoned {

@@ -335,16 +335,25 @@ fn last_nonzero_end(b: &[u8]) -> usize {
 }
 
 /// Opens segment `id` and checks its header and length against the file.
-fn open_checked(path: &Path, id: u64) -> Result<(Segment, SegmentHeader), StorageError> {
+///
+/// A file with a bad header and nothing but zeros after it is `Ok(None)`: a segment whose
+/// creation a machine crash interrupted (the rename reached the disk, the header did not). It
+/// cannot hold anything, so it is removed rather than refused.
+fn open_checked(path: &Path, id: u64) -> Result<Option<(Segment, SegmentHeader)>, StorageError> {
     let (seg, header) = Segment::open(path, id)?;
     let corrupt = |offset: u64, reason| StorageError::Corrupt { file: path.to_path_buf(), offset, reason };
     let Some(header) = header else {
-        return Err(corrupt(0, Corruption::BadSegmentHeader));
+        let body = seg.bytes().get(SEGMENT_HEADER_LEN..).unwrap_or(&[]);
+        return if first_nonzero(body).is_none() {
+            Ok(None)
+        } else {
+            Err(corrupt(0, Corruption::BadSegmentHeader))
+        };
     };
     if header.segment_len != seg.len() as u64 {
         return Err(corrupt(seg.len() as u64, Corruption::Truncated));
     }
-    Ok((seg, header))
+    Ok(Some((seg, header)))
 }
 
 pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
@@ -361,8 +370,20 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
     let mut segments: Vec<Option<Segment>> = Vec::new();
     // LSNs never go back: segment headers remember the last LSN at their creation.
     let mut last_lsn = 0u64;
-    for (id, _, path) in list_files(dir)? {
-        let (seg, header) = open_checked(&path, id)?;
+    for (id, ext, path) in list_files(dir)? {
+        if ext != "seg" {
+            continue;
+        }
+        let Some((seg, header)) = open_checked(&path, id)? else {
+            log::warn!(
+                "removing {}: a segment with no header and no records (interrupted creation)",
+                path.display()
+            );
+            remove_if_exists(&path)?;
+            sync_dir(&dir_file, dir)?;
+            report.removed.push(path);
+            continue;
+        };
         last_lsn = last_lsn.max(header.base_lsn);
         segments.push(Some(seg));
     }
@@ -565,7 +586,7 @@ pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, Storage
     let mut report = RepairReport::default();
     report.compaction_redone = redo_compaction(dir, &dir_file, Some(&mut report))?;
     remove_leftovers(dir, &dir_file)?;
-    let files = list_files(dir)?;
+    let files: Vec<_> = list_files(dir)?.into_iter().filter(|f| f.1 == "seg").collect();
     let mut next_id = files.iter().map(|f| f.0 + 1).max().unwrap_or(1);
     // The newest log segment may keep a torn tail in place (zeroed), as open would.
     let mut headers = Vec::new();

@@ -53,8 +53,8 @@ pub enum StorageError {
     },
     /// The disk is full (`ENOSPC`/`EDQUOT`): the write was not made; reads keep working.
     NoSpace,
-    /// Stored data failed verification. Nothing is changed on disk; [`Store::repair`]
-    /// (crate::Store::repair) keeps every valid record and reports what it drops.
+    /// Stored data failed verification. Nothing is changed on disk;
+    /// [`Store::repair`](crate::Store::repair) keeps every valid record and reports what it drops.
     Corrupt {
         /// The damaged file.
         file: PathBuf,

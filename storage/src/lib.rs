@@ -333,7 +333,7 @@ pub struct Store {
     flush_in_flight: bool,
     next_flush: Option<Instant>,
     recovery: RecoveryReport,
-    /// The next log segment, created ahead of need by the background thread.
+    /// The next log segment, created and prefaulted ahead of need by the background thread.
     prepared: Option<Segment>,
     /// A `Prepare` job is under way.
     preparing: bool,
@@ -497,7 +497,9 @@ impl Store {
         };
         let off = seg.append(&header, key, value, lsn);
         self.last_lsn = lsn;
-        if off as u64 * 2 > self.opts.segment_len && self.prepared.is_none() && !self.preparing {
+        // Early (an eighth in), so the background thread has time to allocate and prefault the
+        // next segment even when a writer fills one in tens of milliseconds.
+        if off as u64 * 8 > self.opts.segment_len && self.prepared.is_none() && !self.preparing {
             self.prepare_next_segment();
         }
         let hash = self.index.hash(key);
@@ -545,11 +547,10 @@ impl Store {
         }
     }
 
-    /// Asks the background thread to create, allocate and map the next log segment, so that
-    /// rolling over costs a header write and a rename instead of `fallocate` + `mmap` on the
-    /// write path. (Prefaulting it there too, with `MADV_POPULATE_WRITE`, was measured and did
-    /// not make 4 KiB puts measurably faster on a 2-vCPU machine: a writer fills a 64 MiB segment
-    /// about as fast as the other core can prefault it, and it doubles writeback of zeros.)
+    /// Asks the background thread to create, allocate, map and prefault the next log segment, so
+    /// that rolling over costs a header write and a rename instead of `fallocate` + `mmap` on the
+    /// write path, and writes into the new segment take no page faults (zero-filling fresh
+    /// page-cache pages on first touch is most of the cost of a 4 KiB put).
     fn prepare_next_segment(&mut self) {
         #[cfg(test)]
         if segment::ALLOCS_BEFORE_ENOSPC.get().is_some() {

@@ -241,6 +241,17 @@ impl Segment {
         self.max_lsn = self.max_lsn.max(lsn);
     }
 
+    /// Faults the whole mapping in, writable, so that appends take no page fault per new page.
+    /// Runs on the background thread for the next log segment. Best effort: kernels before 5.14
+    /// lack `MADV_POPULATE_WRITE`. The pages become dirty zeros; if the segment waits longer than
+    /// the kernel's writeback delay (30 s) they are written once as zeros, which only happens to
+    /// slow writers, for whom the extra sequential write is cheap.
+    pub fn prefault(&self) {
+        if let Err(e) = self.map.advise(memmap2::Advice::PopulateWrite) {
+            log::debug!("prefaulting {} failed: {e}", self.path.display());
+        }
+    }
+
     /// Takes over a segment prepared in advance as the log segment `id`: rewrites its header
     /// (id and base LSN are only known now). The file is still named `*.new`, so a crash before
     /// the caller renames it leaves nothing behind that recovery would read.

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::StorageError;
+use crate::segment::Segment;
 
 /// Work for the background thread.
 pub(crate) enum Job {
     /// fdatasync these files (then the directory, if given): the interval flush.
     Flush { files: Vec<Arc<File>>, dir: Option<Arc<File>>, lsn: u64 },
-    /// Create, allocate and map the next log segment (named `{id}.new`) ahead of need.
+    /// Create, allocate, map and prefault the next log segment (named `{id}.new`) ahead of need.
     Prepare { dir: std::path::PathBuf, id: u64, len: u64 },
     /// Make a compaction durable and delete what it replaced; see `compaction::commit`.
     Commit(Box<crate::compaction::CommitJob>),
@@ -26,7 +27,7 @@ pub(crate) enum Done {
     /// A `Flush` job finished; on success everything up to `lsn` is durable.
     Flushed { lsn: u64, result: io::Result<()> },
     /// A `Prepare` job finished.
-    Prepared(Result<crate::segment::Segment, StorageError>),
+    Prepared(Result<Segment, StorageError>),
     /// A `Commit` job finished; on success everything up to `lsn` is durable too.
     Committed { lsn: u64, result: Result<(), StorageError> },
 }
@@ -99,14 +100,13 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     while let Ok(job) = jobs.recv() {
         let report = match job {
             Job::Flush { files, dir, lsn } => Done::Flushed { lsn, result: flush(&files, dir.as_deref()) },
-            Job::Prepare { dir, id, len } => Done::Prepared(crate::segment::Segment::create(
-                &dir,
-                id,
-                crate::format::SegmentKind::Log,
-                len,
-                0,
-                "new",
-            )),
+            Job::Prepare { dir, id, len } => {
+                let seg = Segment::create(&dir, id, crate::format::SegmentKind::Log, len, 0, "new");
+                if let Ok(seg) = &seg {
+                    seg.prefault();
+                }
+                Done::Prepared(seg)
+            }
             Job::Commit(job) => {
                 let lsn = job.lsn;
                 Done::Committed { lsn, result: crate::compaction::commit(*job) }

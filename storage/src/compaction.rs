@@ -101,6 +101,8 @@ pub(crate) struct CommitJob {
     obsolete_segments: Vec<Segment>,
     /// Everything up to here is durable once the job succeeds.
     pub lsn: u64,
+    /// What the job's flushes cover.
+    pub marks: crate::worker::FlushMarks,
     /// Test hook: pause between steps so crash tests can land in each window.
     step_delay: Duration,
 }
@@ -373,14 +375,8 @@ impl Store {
                 obsolete_segments.push(seg);
             }
         }
-        let mut flush = Vec::new();
-        for seg in self.segments.iter_mut().flatten() {
-            if !seg.is_synced() {
-                flush.push(Arc::clone(&seg.file));
-                seg.synced_upto = seg.write_off;
-            }
-        }
-        self.dir_dirty = false;
+        // Flushed by the commit; counted as flushed only once it has succeeded.
+        let (flush, marks) = self.unflushed();
         // The inputs' records are gone from this process's view of the log already.
         self.recompute_log_start();
         log::info!(
@@ -398,6 +394,7 @@ impl Store {
             obsolete,
             obsolete_segments,
             lsn: self.last_lsn,
+            marks,
             step_delay: self.opts.debug_commit_step_delay,
         };
         self.worker.submit(crate::worker::Job::Commit(Box::new(job)));
@@ -407,6 +404,7 @@ impl Store {
     pub(crate) fn finish_commit(
         &mut self,
         lsn: u64,
+        marks: crate::worker::FlushMarks,
         result: Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         self.compaction = State::Idle;
@@ -421,6 +419,7 @@ impl Store {
                 seg.baseline_dead = seg.dead_bytes();
             }
         }
+        self.apply_marks(marks);
         self.compactions += 1;
         self.durable_lsn = self.durable_lsn.max(lsn);
         let stats = self.stats();
@@ -438,7 +437,17 @@ impl Store {
 /// The commit and clean-up, run on the background thread. Each step is described in the module
 /// docs; the order is what makes it crash-safe.
 pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
-    let CommitJob { dir, dir_file, flush, outputs, obsolete, obsolete_segments, lsn: _, step_delay } = job;
+    let CommitJob {
+        dir,
+        dir_file,
+        flush,
+        outputs,
+        obsolete,
+        obsolete_segments,
+        lsn: _,
+        marks: _,
+        step_delay,
+    } = job;
     let pause = || {
         if !step_delay.is_zero() {
             std::thread::sleep(step_delay);

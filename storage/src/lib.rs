@@ -321,8 +321,10 @@ pub struct Store {
     index: Index,
     last_lsn: u64,
     durable_lsn: u64,
-    /// A directory entry was created or renamed since the last directory fsync.
-    dir_dirty: bool,
+    /// Counts changes to directory entries (segments created or renamed)...
+    dir_gen: u64,
+    /// ... and the count the last directory fsync covered.
+    dir_synced_gen: u64,
     poisoned: bool,
     /// Reused buffer for `append`.
     scratch: Vec<u8>,
@@ -561,8 +563,7 @@ impl Store {
         }
         let id = self.next_segment_id;
         self.next_segment_id += 1;
-        self.preparing = true;
-        self.worker.submit(worker::Job::Prepare { dir: self.dir.clone(), id, len: self.opts.segment_len });
+        self.preparing = self.worker.prepare(self.dir.clone(), id, self.opts.segment_len);
     }
 
     /// Seals the active log segment and starts a new one.
@@ -589,7 +590,7 @@ impl Store {
         }
         seg.path = path;
         self.next_segment_id += 1;
-        self.dir_dirty = true;
+        self.dir_gen += 1;
         if let Some(Some(old)) = self.segments.get_mut(self.active as usize) {
             old.sealed = true;
         }
@@ -650,12 +651,13 @@ impl Store {
                 return Err(StorageError::io(format!("msync {}", seg.path.display()), e));
             }
         }
-        if self.dir_dirty {
+        if self.dir_gen > self.dir_synced_gen {
+            let gen = self.dir_gen;
             if let Err(e) = self.dir_file.sync_all() {
                 self.poisoned = true;
                 return Err(StorageError::io(format!("fsync directory {}", self.dir.display()), e));
             }
-            self.dir_dirty = false;
+            self.dir_synced_gen = gen;
         }
         self.durable_lsn = self.durable_lsn.max(lsn);
         Ok(())
@@ -725,21 +727,35 @@ impl Store {
     }
 
     fn has_unflushed(&self) -> bool {
-        self.dir_dirty || self.segments.iter().flatten().any(|s| !s.is_synced())
+        self.dir_gen > self.dir_synced_gen || self.segments.iter().flatten().any(|s| !s.is_synced())
     }
 
     fn start_background_flush(&mut self) {
+        let (files, marks) = self.unflushed();
+        let dir = if marks.dir_gen > self.dir_synced_gen { Some(Arc::clone(&self.dir_file)) } else { None };
+        self.flush_in_flight = true;
+        self.worker.submit(worker::Job::Flush { files, dir, lsn: self.last_lsn, marks });
+    }
+
+    /// The files with unflushed writes, and what flushing them now will cover.
+    pub(crate) fn unflushed(&self) -> (Vec<Arc<File>>, worker::FlushMarks) {
         let mut files = Vec::new();
-        for seg in self.segments.iter_mut().flatten() {
-            if !seg.is_synced() {
-                files.push(Arc::clone(&seg.file));
-                // Counted as flushed now; if the flush fails the store is poisoned anyway.
-                seg.synced_upto = seg.write_off;
+        let mut marks = worker::FlushMarks { segments: Vec::new(), dir_gen: self.dir_gen };
+        for seg in self.segments.iter().flatten().filter(|s| !s.is_synced()) {
+            files.push(Arc::clone(&seg.file));
+            marks.segments.push((seg.id, seg.write_off));
+        }
+        (files, marks)
+    }
+
+    /// Records what a successful background flush covered.
+    pub(crate) fn apply_marks(&mut self, marks: worker::FlushMarks) {
+        for (id, upto) in marks.segments {
+            if let Some(seg) = self.segments.iter_mut().flatten().find(|s| s.id == id) {
+                seg.synced_upto = seg.synced_upto.max(upto);
             }
         }
-        let dir = if std::mem::take(&mut self.dir_dirty) { Some(Arc::clone(&self.dir_file)) } else { None };
-        self.flush_in_flight = true;
-        self.worker.submit(worker::Job::Flush { files, dir, lsn: self.last_lsn });
+        self.dir_synced_gen = self.dir_synced_gen.max(marks.dir_gen);
     }
 
     /// Picks up finished background work.
@@ -752,10 +768,13 @@ impl Store {
 
     fn handle_done(&mut self, done: worker::Done) -> Result<(), StorageError> {
         match done {
-            worker::Done::Flushed { lsn, result } => {
+            worker::Done::Flushed { lsn, marks, result } => {
                 self.flush_in_flight = false;
                 match result {
-                    Ok(()) => self.durable_lsn = self.durable_lsn.max(lsn),
+                    Ok(()) => {
+                        self.apply_marks(marks);
+                        self.durable_lsn = self.durable_lsn.max(lsn);
+                    }
                     Err(e) => {
                         self.poisoned = true;
                         log::error!("background flush failed, refusing writes until reopened: {e}");
@@ -763,7 +782,7 @@ impl Store {
                     }
                 }
             }
-            worker::Done::Committed { lsn, result } => self.finish_commit(lsn, result)?,
+            worker::Done::Committed { lsn, marks, result } => self.finish_commit(lsn, marks, result)?,
             worker::Done::Prepared(result) => {
                 self.preparing = false;
                 match result {

@@ -35,6 +35,8 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
 thread_local! {
     /// Test hook: how many more segment allocations succeed before one fails with `ENOSPC`.
     pub(crate) static ALLOCS_BEFORE_ENOSPC: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    /// Test hook: the next `flush` on this thread fails with `EIO`.
+    pub(crate) static FAIL_NEXT_FLUSH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A mapped segment file.
@@ -280,6 +282,10 @@ impl Segment {
     pub fn flush(&mut self) -> io::Result<()> {
         if self.is_synced() {
             return Ok(());
+        }
+        #[cfg(test)]
+        if FAIL_NEXT_FLUSH.replace(false) {
+            return Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()));
         }
         let from = self.synced_upto as usize;
         self.map.flush_range(from, self.write_off as usize - from)?;

@@ -337,3 +337,53 @@ fn headerless_empty_segment_is_removed_not_refused() {
     std::fs::write(&empty, b"").unwrap();
     assert!(Store::open(dir.path(), small()).is_ok());
 }
+
+/// After a failed flush the kernel may have dropped the dirty pages and marked them clean
+/// (fsyncgate), so a later "successful" flush would prove nothing: the store refuses writes until
+/// it is reopened, which re-reads and re-verifies what is really on disk.
+#[test]
+fn failed_sync_poisons_writes_until_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), Options { durability: Durability::Always, ..small() }).unwrap();
+    s.put(b"a", b"1", M).unwrap();
+    s.sync().unwrap();
+    s.put(b"b", b"2", M).unwrap();
+    segment::FAIL_NEXT_FLUSH.set(true);
+    let err = s.sync().unwrap_err();
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    assert_eq!(s.durable_lsn(), Lsn(1));
+    assert!(matches!(s.put(b"c", b"3", M), Err(StorageError::Poisoned)));
+    assert!(matches!(s.delete(b"a", M), Err(StorageError::Poisoned)));
+    assert!(matches!(s.sync(), Err(StorageError::Poisoned)));
+    assert!(matches!(s.compact_now(), Err(StorageError::Poisoned)));
+    s.tick(Instant::now()).unwrap();
+    assert_eq!(s.get(b"a").unwrap().value, b"1", "reads go on");
+    drop(s);
+    let mut s = Store::open(dir.path(), Options { durability: Durability::Always, ..small() }).unwrap();
+    assert_eq!(s.get(b"b").unwrap().value, b"2");
+    s.put(b"c", b"3", M).unwrap();
+    s.sync().unwrap();
+    assert_eq!(s.durable_lsn(), Lsn(3));
+}
+
+/// Regression: the interval flush marked segments flushed when it was handed to the background
+/// thread, so a `sync()` called before it finished skipped them and reported durability early.
+#[test]
+fn background_flush_counts_only_once_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s =
+        Store::open(dir.path(), Options { durability: Durability::Interval { ms: 1 }, ..small() }).unwrap();
+    s.put(b"a", b"1", M).unwrap();
+    s.tick(Instant::now()).unwrap();
+    assert!(s.flush_in_flight);
+    assert!(s.has_unflushed(), "in flight is not flushed");
+    s.sync().unwrap();
+    assert!(!s.has_unflushed());
+    assert_eq!(s.durable_lsn(), Lsn(1));
+    let start = Instant::now();
+    while s.flush_in_flight {
+        s.tick(Instant::now()).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(s.durable_lsn(), Lsn(1));
+}

@@ -15,9 +15,7 @@ use crate::segment::Segment;
 /// Work for the background thread.
 pub(crate) enum Job {
     /// fdatasync these files (then the directory, if given): the interval flush.
-    Flush { files: Vec<Arc<File>>, dir: Option<Arc<File>>, lsn: u64 },
-    /// Create, allocate, map and prefault the next log segment (named `{id}.new`) ahead of need.
-    Prepare { dir: std::path::PathBuf, id: u64, len: u64 },
+    Flush { files: Vec<Arc<File>>, dir: Option<Arc<File>>, lsn: u64, marks: FlushMarks },
     /// Make a compaction durable and delete what it replaced; see `compaction::commit`.
     Commit(Box<crate::compaction::CommitJob>),
 }
@@ -25,17 +23,30 @@ pub(crate) enum Job {
 /// What a finished job reports.
 pub(crate) enum Done {
     /// A `Flush` job finished; on success everything up to `lsn` is durable.
-    Flushed { lsn: u64, result: io::Result<()> },
+    Flushed { lsn: u64, marks: FlushMarks, result: io::Result<()> },
     /// A `Prepare` job finished.
     Prepared(Result<Segment, StorageError>),
     /// A `Commit` job finished; on success everything up to `lsn` is durable too.
-    Committed { lsn: u64, result: Result<(), StorageError> },
+    Committed { lsn: u64, marks: FlushMarks, result: Result<(), StorageError> },
+}
+
+/// What a background flush covers, recorded when it is handed over and applied to the segments
+/// only when it has succeeded: until then a foreground `sync` must not count those bytes as
+/// flushed.
+#[derive(Debug, Default)]
+pub(crate) struct FlushMarks {
+    /// (segment id, offset flushed up to).
+    pub segments: Vec<(u64, u32)>,
+    /// The directory generation covered by the directory fsync.
+    pub dir_gen: u64,
 }
 
 /// Handle to the background thread; dropping it waits for queued jobs to finish.
 pub(crate) struct Worker {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
+    /// For the short-lived threads that prepare segments.
+    done_tx: Sender<Done>,
     thread: Option<JoinHandle<()>>,
     /// Jobs submitted whose result has not been picked up yet.
     pub in_flight: usize,
@@ -48,9 +59,31 @@ impl Worker {
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         let thread = std::thread::Builder::new()
             .name("storage-bg".into())
-            .spawn(move || run(jobs_rx, done_tx))
+            .spawn({
+                let done_tx = done_tx.clone();
+                move || run(jobs_rx, done_tx)
+            })
             .map_err(|e| StorageError::io("start storage background thread", e))?;
-        Ok(Worker { jobs: Some(jobs_tx), done: done_rx, thread: Some(thread), in_flight: 0 })
+        Ok(Worker { jobs: Some(jobs_tx), done: done_rx, done_tx, thread: Some(thread), in_flight: 0 })
+    }
+
+    /// Creates, allocates, maps and prefaults the next log segment (named `{id}.new`) on a
+    /// thread of its own: prefaulting 64 MiB takes tens of milliseconds, which must not delay a
+    /// flush or a compaction commit queued behind it. Returns whether the thread started.
+    pub fn prepare(&mut self, dir: std::path::PathBuf, id: u64, len: u64) -> bool {
+        let tx = self.done_tx.clone();
+        let spawned = std::thread::Builder::new().name("storage-prep".into()).spawn(move || {
+            let seg = Segment::create(&dir, id, crate::format::SegmentKind::Log, len, 0, "new");
+            if let Ok(seg) = &seg {
+                seg.prefault();
+            }
+            // If the store is gone, the file is a `*.new` leftover that the next open deletes.
+            let _ = tx.send(Done::Prepared(seg));
+        });
+        if spawned.is_ok() {
+            self.in_flight += 1;
+        }
+        spawned.is_ok()
     }
 
     /// Queues a job.
@@ -99,17 +132,13 @@ impl Drop for Worker {
 fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     while let Ok(job) = jobs.recv() {
         let report = match job {
-            Job::Flush { files, dir, lsn } => Done::Flushed { lsn, result: flush(&files, dir.as_deref()) },
-            Job::Prepare { dir, id, len } => {
-                let seg = Segment::create(&dir, id, crate::format::SegmentKind::Log, len, 0, "new");
-                if let Ok(seg) = &seg {
-                    seg.prefault();
-                }
-                Done::Prepared(seg)
+            Job::Flush { files, dir, lsn, marks } => {
+                Done::Flushed { lsn, marks, result: flush(&files, dir.as_deref()) }
             }
-            Job::Commit(job) => {
+            Job::Commit(mut job) => {
                 let lsn = job.lsn;
-                Done::Committed { lsn, result: crate::compaction::commit(*job) }
+                let marks = std::mem::take(&mut job.marks);
+                Done::Committed { lsn, marks, result: crate::compaction::commit(*job) }
             }
         };
         // If the store is gone nobody listens; the queue is still finished (a commit must complete).

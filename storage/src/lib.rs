@@ -43,6 +43,8 @@
 
 mod compaction;
 mod error;
+#[cfg(test)]
+mod fault_tests;
 pub mod format;
 mod index;
 mod recovery;

@@ -25,7 +25,9 @@
 //!    value whose overwrite has not been flushed yet, and deleting the input must not leave
 //!    neither. Crash before the rename: as in 2. After: see 4.
 //! 4. **Clean up** (background thread): rename each output to `*.seg`, fsync the directory, unmap
-//!    and delete the inputs, fsync the directory, delete `COMPACT`. Crash anywhere here: on open,
+//!    and delete the inputs (or rename up to two of them to `*.free`, a pool the next log segment
+//!    is recycled from; recovery deletes `*.free` like any leftover), fsync the directory, delete
+//!    `COMPACT`. Crash anywhere here: on open,
 //!    recovery finds `COMPACT` and redoes these steps (they are idempotent) *before* scanning, so
 //!    a half-deleted input set can never be scanned. That matters: with one input deleted and
 //!    another not, a dropped tombstone could let an older value resurrect.
@@ -47,7 +49,7 @@ use crate::error::StorageError;
 use crate::format::{self, RecordKind, SegmentKind, SEGMENT_HEADER_LEN};
 use crate::index::Slot;
 use crate::segment::{segment_file_name, Segment};
-use crate::{lookup_key, Store};
+use crate::{lookup_key, Durability, Store};
 
 /// Name of the commit marker.
 pub(crate) const MARKER: &str = "COMPACT";
@@ -84,6 +86,10 @@ pub(crate) struct Copying {
     pub retry_at: Option<Instant>,
     copied_bytes: u64,
     input_bytes: u64,
+    /// Upper bound of the bytes the copy writes: live bytes of the inputs plus their tombstones
+    /// at the largest size. Outputs are sized by it, so that a compaction that keeps 1 MiB
+    /// leaves a 1 MiB file, not a mostly empty segment-sized one.
+    estimate: u64,
     started: Instant,
 }
 
@@ -105,6 +111,8 @@ pub(crate) struct CommitJob {
     pub marks: crate::worker::FlushMarks,
     /// Test hook: pause between steps so crash tests can land in each window.
     step_delay: Duration,
+    /// Length of a log segment: only retired files of this length are kept for reuse.
+    segment_len: u64,
 }
 
 impl Store {
@@ -162,6 +170,12 @@ impl Store {
             .unwrap_or(u64::MAX);
         let input_bytes =
             inputs.iter().filter_map(|&i| self.segments[i as usize].as_ref()).map(|s| s.used_bytes()).sum();
+        let largest_tombstone = format::record_len(self.opts.max_key_len, 0) as u64;
+        let estimate = inputs
+            .iter()
+            .filter_map(|&i| self.segments[i as usize].as_ref())
+            .map(|s| s.live_bytes + s.tombstones as u64 * largest_tombstone)
+            .sum();
         log::info!("compaction started: inputs={} input_bytes={input_bytes}", inputs.len());
         self.compaction = State::Copying(Box::new(Copying {
             inputs,
@@ -172,6 +186,7 @@ impl Store {
             retry_at: None,
             copied_bytes: 0,
             input_bytes,
+            estimate,
             started: now,
         }));
     }
@@ -272,6 +287,17 @@ impl Store {
             }
             let in_slot = c.inputs[c.next];
             let off = c.cursor;
+            if off == SEGMENT_HEADER_LEN as u32
+                && self
+                    .segments
+                    .get(in_slot as usize)
+                    .and_then(|s| s.as_ref())
+                    .is_some_and(|s| s.live_bytes == 0 && s.tombstones == 0)
+            {
+                // Nothing live and no tombstone: nothing in it to copy or to keep.
+                c.next += 1;
+                continue;
+            }
             // Decide under shared borrows, then copy the record out so the table can be changed.
             let (keep, hash, lsn, kind) = {
                 let Some(Some(seg)) = self.segments.get(in_slot as usize) else {
@@ -319,6 +345,9 @@ impl Store {
             let out = self.seg_mut(out_slot);
             let new_off = out.append_raw(&scratch, lsn);
             c.copied_bytes += len;
+            if kind == RecordKind::Tombstone {
+                out.tombstones += 1;
+            }
             if kind == RecordKind::Put {
                 out.live_bytes += len;
                 if let Some(slot) = self.index.find_mut(hash, |s| s.seg == in_slot && s.off == off) {
@@ -341,14 +370,11 @@ impl Store {
             self.seg_mut(last).sealed = true;
         }
         let id = self.next_segment_id;
-        let seg = Segment::create(
-            &self.dir,
-            id,
-            SegmentKind::Compacted,
-            self.opts.segment_len,
-            self.last_lsn,
-            "tmp",
-        )?;
+        // What is left to copy, with room for one more largest record, in whole pages.
+        let largest = format::record_len(self.opts.max_key_len, self.opts.max_value_len) as u64;
+        let want = c.estimate.saturating_sub(c.copied_bytes) + (SEGMENT_HEADER_LEN + len) as u64 + largest;
+        let seg_len = want.next_multiple_of(4096).clamp(crate::MIN_SEGMENT_LEN, self.opts.segment_len);
+        let seg = Segment::create(&self.dir, id, SegmentKind::Compacted, seg_len, self.last_lsn, "tmp")?;
         self.next_segment_id += 1;
         let slot = self.add_segment(seg);
         c.outputs.push(slot);
@@ -375,8 +401,21 @@ impl Store {
                 obsolete_segments.push(seg);
             }
         }
-        // Flushed by the commit; counted as flushed only once it has succeeded.
-        let (flush, marks) = self.unflushed();
+        // Flushed by the commit; counted as flushed only once it has succeeded. With
+        // `Durability::Never` only the outputs are: flushing every segment would write out all
+        // the page cache holds at each compaction, which is the disk bandwidth that mode leaves
+        // to the kernel. The cost, after a machine crash only: a key whose newest value was not
+        // yet written back may be missing instead of holding its older value (docs/storage.md).
+        let flush_all = !matches!(self.opts.durability, Durability::Never);
+        let (mut flush, mut marks) = self.unflushed();
+        if !flush_all {
+            let ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
+            let keep: Vec<bool> = marks.segments.iter().map(|(id, _)| ids.contains(id)).collect();
+            let mut it = keep.iter();
+            flush.retain(|_| *it.next().unwrap_or(&false));
+            marks.segments.retain(|(id, _)| ids.contains(id));
+        }
+        let durable_after = if flush_all { self.last_lsn } else { self.durable_lsn };
         // The inputs' records are gone from this process's view of the log already.
         self.recompute_log_start();
         log::info!(
@@ -393,9 +432,10 @@ impl Store {
             outputs,
             obsolete,
             obsolete_segments,
-            lsn: self.last_lsn,
+            lsn: durable_after,
             marks,
             step_delay: self.opts.debug_commit_step_delay,
+            segment_len: self.opts.segment_len,
         };
         self.worker.submit(crate::worker::Job::Commit(Box::new(job)));
     }
@@ -447,6 +487,7 @@ pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
         lsn: _,
         marks: _,
         step_delay,
+        segment_len,
     } = job;
     let pause = || {
         if !step_delay.is_zero() {
@@ -471,8 +512,9 @@ pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
     }
     sync_dir()?;
     drop(obsolete_segments);
-    for (_, path) in &obsolete {
-        remove_if_exists(path)?;
+    for (id, path) in &obsolete {
+        crate::segment::retire(&dir, *id, path, segment_len)
+            .map_err(|e| StorageError::io(format!("remove {}", path.display()), e))?;
         pause();
     }
     sync_dir()?;

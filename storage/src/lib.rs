@@ -521,6 +521,7 @@ impl Store {
                 }
             }
             RecordKind::Tombstone => {
+                self.seg_mut(active).tombstones += 1;
                 let Store { index, segments, .. } = self;
                 index.remove(hash, |s| s.hash == hash && lookup_key(segments, s) == key)
             }

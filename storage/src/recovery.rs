@@ -228,7 +228,7 @@ fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
 fn remove_leftovers(dir: &Path, dir_file: &File) -> Result<Vec<PathBuf>, StorageError> {
     let mut removed = Vec::new();
     for (_, ext, path) in list_files(dir)? {
-        if ext == "tmp" || ext == "new" {
+        if ext == "tmp" || ext == "new" || ext == "free" {
             remove_if_exists(&path)?;
             removed.push(path);
         }
@@ -395,6 +395,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
     let n = segments.len();
     let mut live = vec![0u64; n];
     let mut baseline = vec![0u64; n];
+    let mut tombstone_count = vec![0u32; n];
     let mut ends = vec![SEGMENT_HEADER_LEN as u32; n];
     let mut lsn_range = vec![(u64::MAX, 0u64); n];
     let mut tombstones: Vec<Slot> = Vec::new();
@@ -429,6 +430,9 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
                     true
                 }
             };
+            if r.meta.kind == RecordKind::Tombstone {
+                tombstone_count[i] += 1;
+            }
             if r.meta.kind == RecordKind::Tombstone && seg.kind == SegmentKind::Compacted {
                 // Kept by a compaction: not reclaimable by the next one (see `should_compact`).
                 baseline[i] += r.len as u64;
@@ -468,6 +472,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
         seg.write_off = ends[i];
         seg.live_bytes = live[i];
         seg.baseline_dead = baseline[i];
+        seg.tombstones = tombstone_count[i];
         (seg.min_lsn, seg.max_lsn) = lsn_range[i];
         next_segment_id = next_segment_id.max(seg.id + 1);
     }

@@ -62,6 +62,9 @@ pub(crate) struct Segment {
     pub max_lsn: u64,
     /// Dead bytes compaction cannot reclaim: the tombstones a compaction output had to keep.
     pub baseline_dead: u64,
+    /// Tombstone records in the segment. A segment without tombstones and without live bytes
+    /// holds nothing compaction must look at: it is retired without being read.
+    pub tombstones: u32,
     /// No more records will be appended (a newer log segment exists, or compaction finished it).
     pub sealed: bool,
 }
@@ -119,8 +122,66 @@ impl Segment {
             min_lsn: u64::MAX,
             max_lsn: 0,
             baseline_dead: 0,
+            tombstones: 0,
             sealed: false,
         })
+    }
+
+    /// Reuses a retired segment file (`*.free`, see [`retire`]) as the next log segment `id`:
+    /// renames it to `{id}.new`, zeroes it through the mapping and writes a fresh header.
+    ///
+    /// A retired file's blocks are allocated and its pages are usually still in the page cache,
+    /// so zeroing it costs a memset of resident memory, where a new file costs a kernel zero-fill
+    /// of freshly allocated pages on first touch (several times slower here). Zeroing is what
+    /// keeps the format's rule "zeros after the last record": no stale record of the file's
+    /// previous life can be read as part of the new segment.
+    ///
+    /// `Ok(None)` if the file was taken by someone else or has the wrong length (it is deleted).
+    pub fn recycle(free: &Path, dir: &Path, id: u64, len: u64) -> Result<Option<Segment>, StorageError> {
+        let path = dir.join(segment_file_name(id, "new"));
+        match fs::rename(free, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io(format!("rename {}", free.display()), e)),
+        }
+        let result =
+            Self::reinit(&path, SegmentHeader { kind: SegmentKind::Log, id, segment_len: len, base_lsn: 0 });
+        if !matches!(result, Ok(Some(_))) {
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
+    fn reinit(path: &Path, header: SegmentHeader) -> Result<Option<Segment>, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StorageError::io(format!("open segment {}", path.display()), e))?;
+        let len = file.metadata().map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?.len();
+        if len != header.segment_len {
+            return Ok(None);
+        }
+        let mut map = map_file(&file, len as usize, path)?;
+        // Populating first takes the page-table work in one call instead of a fault per page.
+        let _ = map.advise(memmap2::Advice::PopulateWrite);
+        map.fill(0);
+        map[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        Ok(Some(Segment {
+            id: header.id,
+            kind: header.kind,
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            map,
+            write_off: SEGMENT_HEADER_LEN as u32,
+            synced_upto: 0,
+            live_bytes: 0,
+            min_lsn: u64::MAX,
+            max_lsn: 0,
+            baseline_dead: 0,
+            tombstones: 0,
+            sealed: false,
+        }))
     }
 
     /// Opens and maps an existing segment file as it is (its length, whatever the header says).
@@ -159,6 +220,7 @@ impl Segment {
             min_lsn: u64::MAX,
             max_lsn: 0,
             baseline_dead: 0,
+            tombstones: 0,
             sealed: true,
         };
         Ok((seg, header))
@@ -292,6 +354,40 @@ impl Segment {
         self.synced_upto = self.write_off;
         Ok(())
     }
+}
+
+/// Most retired segment files kept for reuse (each is one segment long on disk).
+pub(crate) const FREE_POOL_MAX: usize = 8;
+
+/// Retires a segment file that compaction made obsolete: renamed to `{id}.free` for
+/// [`Segment::recycle`] while the pool holds fewer than [`FREE_POOL_MAX`] files, deleted
+/// otherwise. Either way recovery never reads it again (`*.free` files are leftovers to it).
+/// Only files of `pool_len` bytes (a full log segment) are kept.
+pub(crate) fn retire(dir: &Path, id: u64, path: &Path, pool_len: u64) -> io::Result<()> {
+    let full = fs::metadata(path).is_ok_and(|m| m.len() == pool_len);
+    let pooled = if full { free_files(dir).map_or(FREE_POOL_MAX, |f| f.len()) } else { FREE_POOL_MAX };
+    let result = if pooled < FREE_POOL_MAX {
+        fs::rename(path, dir.join(segment_file_name(id, "free")))
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// The retired segment files in `dir`.
+pub(crate) fn free_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().and_then(parse_segment_file_name).is_some_and(|(_, ext)| ext == "free")
+        {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }
 
 /// Allocates real blocks for `len` bytes. `set_len` alone would leave a sparse file, and a write

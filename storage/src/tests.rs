@@ -387,3 +387,75 @@ fn background_flush_counts_only_once_done() {
     }
     assert_eq!(s.durable_lsn(), Lsn(1));
 }
+
+#[test]
+fn compacted_segments_are_recycled_without_stale_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    let free = |d: &Path| segment::free_files(d).unwrap().len();
+    // Fill several segments with records that will all be dead, some of keys deleted for good.
+    for i in 0..200u32 {
+        s.put(format!("gone{}", i % 20).as_bytes(), &val(i, 300), M).unwrap();
+    }
+    for i in 0..20u32 {
+        s.delete(format!("gone{i}").as_bytes(), M).unwrap();
+    }
+    s.put(b"keep", b"v0", M).unwrap();
+    s.compact_now().unwrap();
+    let pooled = free(dir.path());
+    assert!((1..=segment::FREE_POOL_MAX).contains(&pooled), "pool holds {pooled}");
+    // Write on, giving the preparing thread time, until the pool has been drawn from.
+    let mut i = 0u32;
+    while free(dir.path()) == pooled {
+        s.put(format!("new{}", i % 30).as_bytes(), &val(i, 300), M).unwrap();
+        i += 1;
+        assert!(i < 5000, "no retired segment was reused");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // Fill the recycled segment partly, so stale bytes would follow the last record if not zeroed.
+    for j in 0..5u32 {
+        s.put(b"keep", &val(j, 100), M).unwrap();
+    }
+    s.roll().unwrap();
+    s.put(b"tail", b"t", M).unwrap();
+    let check = |s: &Store| {
+        for k in 0..20u32 {
+            assert_eq!(s.get(format!("gone{k}").as_bytes()), None, "gone{k} came back");
+        }
+        assert_eq!(s.get(b"keep").unwrap().value, val(4, 100));
+        assert_eq!(s.get(b"tail").unwrap().value, b"t");
+        for k in i.saturating_sub(30)..i {
+            assert_eq!(s.get(format!("new{}", k % 30).as_bytes()).unwrap().value, val(k, 300));
+        }
+    };
+    check(&s);
+    let records = s.log_from(s.stats().log_start).unwrap().count();
+    drop(s);
+    let s = Store::open(dir.path(), small()).unwrap();
+    check(&s);
+    assert_eq!(s.log_from(s.stats().log_start).unwrap().count(), records);
+    assert_eq!(free(dir.path()), 0, "reopening removes the pool");
+}
+
+#[test]
+fn compaction_outputs_are_sized_to_what_they_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { segment_len: 1 << 20, ..small() };
+    let mut s = Store::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..12_000u32 {
+        s.put(format!("k{}", i % 10).as_bytes(), &val(i, 300), M).unwrap();
+    }
+    assert!(s.stats().segments >= 4);
+    let durable = s.durable_lsn();
+    s.compact_now().unwrap();
+    // `Never`: the commit flushed only its outputs, so nothing new counts as durable.
+    assert_eq!(s.durable_lsn(), durable);
+    let st = s.stats();
+    // One full-size active segment, one small output holding 10 live records.
+    assert!(st.disk_bytes < (1 << 20) + 64 * 1024, "{st:?}");
+    drop(s);
+    let s = Store::open(dir.path(), opts).unwrap();
+    for i in 11_990..12_000u32 {
+        assert_eq!(s.get(format!("k{}", i % 10).as_bytes()).unwrap().value, val(i, 300));
+    }
+}

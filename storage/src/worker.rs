@@ -67,16 +67,20 @@ impl Worker {
         Ok(Worker { jobs: Some(jobs_tx), done: done_rx, done_tx, thread: Some(thread), in_flight: 0 })
     }
 
-    /// Creates, allocates, maps and prefaults the next log segment (named `{id}.new`) on a
-    /// thread of its own: prefaulting 64 MiB takes tens of milliseconds, which must not delay a
+    /// Creates (or recycles a retired file: see `Segment::recycle`), allocates, maps and
+    /// prefaults the next log segment (named `{id}.new`) on a thread of its own: prefaulting 64 MiB takes tens of milliseconds, which must not delay a
     /// flush or a compaction commit queued behind it. Returns whether the thread started.
     pub fn prepare(&mut self, dir: std::path::PathBuf, id: u64, len: u64) -> bool {
         let tx = self.done_tx.clone();
         let spawned = std::thread::Builder::new().name("storage-prep".into()).spawn(move || {
-            let seg = Segment::create(&dir, id, crate::format::SegmentKind::Log, len, 0, "new");
-            if let Ok(seg) = &seg {
-                seg.prefault();
-            }
+            let seg = match recycled(&dir, id, len) {
+                Some(seg) => Ok(seg),
+                None => {
+                    Segment::create(&dir, id, crate::format::SegmentKind::Log, len, 0, "new").inspect(|seg| {
+                        seg.prefault();
+                    })
+                }
+            };
             // If the store is gone, the file is a `*.new` leftover that the next open deletes.
             let _ = tx.send(Done::Prepared(seg));
         });
@@ -144,6 +148,18 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
         // If the store is gone nobody listens; the queue is still finished (a commit must complete).
         let _ = done.send(report);
     }
+}
+
+/// A retired segment file made ready as segment `id`, if the pool has one.
+fn recycled(dir: &std::path::Path, id: u64, len: u64) -> Option<Segment> {
+    for free in crate::segment::free_files(dir).ok()? {
+        match Segment::recycle(&free, dir, id, len) {
+            Ok(Some(seg)) => return Some(seg),
+            Ok(None) => {}
+            Err(e) => log::debug!("could not recycle {}: {e}", free.display()),
+        }
+    }
+    None
 }
 
 fn flush(files: &[Arc<File>], dir: Option<&File>) -> io::Result<()> {

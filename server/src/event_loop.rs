@@ -394,6 +394,7 @@ impl Server {
             // wait behind earlier replies or for the group commit.
             let direct = !hold && conn.pending_out() == 0;
             let out = if direct { &mut self.scratch_out } else { &mut conn.out };
+            self.handler.prefetch_gets(&self.scratch_in[..whole], &conn.session);
             for chunk in self.scratch_in[..whole].chunks_exact(FRAME_LEN) {
                 let Some(bytes) = chunk.first_chunk::<FRAME_LEN>() else { break };
                 frames += 1;

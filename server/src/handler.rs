@@ -61,6 +61,23 @@ impl Handler {
         &mut self.store
     }
 
+    /// Starts loading the records that the GETs among `frames` (whole frames, back to back)
+    /// will read, so that their cache misses overlap; see [`storage::Store::prefetch`]. Frames
+    /// are not validated here: a damaged one costs at most a wasted load, and is refused when
+    /// it is executed.
+    pub fn prefetch_gets(&self, frames: &[u8], session: &Session) {
+        if !session.authenticated || frames.len() < 2 * FRAME_LEN {
+            return;
+        }
+        for stage in [storage::Prefetch::Header, storage::Prefetch::Value] {
+            for frame in frames.chunks_exact(FRAME_LEN) {
+                if let Some(key) = get_key(frame) {
+                    self.store.prefetch(key, stage);
+                }
+            }
+        }
+    }
+
     /// A new connection's session.
     pub fn new_session(&self) -> Session {
         Session { authenticated: self.auth_token.is_none() }
@@ -264,6 +281,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// The key of a GET frame, read without validating the frame.
+#[inline]
+fn get_key(frame: &[u8]) -> Option<&[u8]> {
+    let u32_at = |at: usize| frame.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    if u32_at(wire::header::COMMAND_OFFSET)? != Command::GET.0 {
+        return None;
+    }
+    let key_len = u32_at(wire::header::KEY_LEN_OFFSET)? as usize;
+    if key_len == 0 || key_len > wire::header::MAX_KEY_LEN {
+        return None;
+    }
+    frame.get(wire::header::PAYLOAD_OFFSET..wire::header::PAYLOAD_OFFSET + key_len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +305,19 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn get_key_reads_only_well_formed_gets() {
+        let mut buf = [0u8; FRAME_LEN];
+        let get = Request::Get { key: b"user:1" };
+        get.to_frame(9).encode(&mut buf).unwrap();
+        assert_eq!(get_key(&buf), Some(&b"user:1"[..]));
+        Request::Ping { payload: b"" }.to_frame(1).encode(&mut buf).unwrap();
+        assert_eq!(get_key(&buf), None);
+        get.to_frame(9).encode(&mut buf).unwrap();
+        buf[wire::header::KEY_LEN_OFFSET..][..4].copy_from_slice(&5000u32.to_le_bytes());
+        assert_eq!(get_key(&buf), None, "a key longer than the limit is not read");
+        assert_eq!(get_key(&buf[..20]), None);
     }
 }

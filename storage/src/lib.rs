@@ -345,6 +345,29 @@ pub struct Store {
     prepare_failed: bool,
 }
 
+/// Stage of [`Store::prefetch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// The record's first two cache lines.
+    Header,
+    /// The rest of the record; needs the header, so run after `Header` over the whole batch.
+    Value,
+}
+
+/// Hints that the cache line holding `bytes[0]` will be read soon.
+#[inline(always)]
+fn prefetch_line(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` is only a hint: it never faults, even for an invalid address, and
+    // reads nothing into the program's state. The pointer is in bounds of a live slice anyway.
+    // Measured: GET of 4000-byte values at 50 x 16 (see BENCHMARKS.md).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 fn lookup_key<'s>(segments: &'s [Option<Segment>], slot: &Slot) -> &'s [u8] {
     match segments.get(slot.seg as usize) {
         Some(Some(seg)) => format::key_unchecked(seg.from(slot.off)),
@@ -397,6 +420,34 @@ impl Store {
         let slot = self.find(key)?;
         let r = record_at(&self.segments, slot.seg, slot.off)?;
         Some(Entry { value: r.value, version: r.meta.timestamp })
+    }
+
+    /// Asks the CPU to start loading what a [`Store::get`] of `key` will read, without waiting
+    /// for it: a server calls this for every GET of a pipelined batch before executing the
+    /// first, so that the cache misses of the batch overlap instead of coming one after the
+    /// other. Two stages, called over the whole batch in turn: [`Prefetch::Header`] loads the
+    /// record's first cache lines (its header, key and the value's start); [`Prefetch::Value`]
+    /// then reads the value's length from there and loads the rest. A hint only: it changes
+    /// nothing, and a key that is absent or shares a hash with another costs a wasted load.
+    #[inline]
+    pub fn prefetch(&self, key: &[u8], stage: Prefetch) {
+        let hash = self.index.hash(key);
+        let Some(slot) = self.index.find(hash, |s| s.hash == hash) else { return };
+        let Some(Some(seg)) = self.segments.get(slot.seg as usize) else { return };
+        let rec = seg.from(slot.off);
+        let (from, to) = match stage {
+            Prefetch::Header => (0, 128),
+            Prefetch::Value => {
+                let Some(r) = format::view_record_unchecked(rec) else { return };
+                (128, r.len)
+            }
+        };
+        let rec = rec.get(..to.min(rec.len())).unwrap_or(&[]);
+        let mut at = from;
+        while at < rec.len() {
+            prefetch_line(&rec[at..]);
+            at += 64;
+        }
     }
 
     #[inline]

@@ -282,7 +282,7 @@ impl Store {
                 break Ok(true);
             }
             n += 1;
-            if n % 32 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            if n % 4 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 break Ok(false);
             }
             let in_slot = c.inputs[c.next];
@@ -375,6 +375,7 @@ impl Store {
         let want = c.estimate.saturating_sub(c.copied_bytes) + (SEGMENT_HEADER_LEN + len) as u64 + largest;
         let seg_len = want.next_multiple_of(4096).clamp(crate::MIN_SEGMENT_LEN, self.opts.segment_len);
         let seg = Segment::create(&self.dir, id, SegmentKind::Compacted, seg_len, self.last_lsn, "tmp")?;
+        seg.advise_random();
         self.next_segment_id += 1;
         let slot = self.add_segment(seg);
         c.outputs.push(slot);

@@ -634,7 +634,17 @@ impl Store {
                 seg
             }
             None => {
-                Segment::create(&self.dir, id, SegmentKind::Log, self.opts.segment_len, self.last_lsn, "new")?
+                log::debug!("rolling over without a prepared segment (preparing={})", self.preparing);
+                let seg = Segment::create(
+                    &self.dir,
+                    id,
+                    SegmentKind::Log,
+                    self.opts.segment_len,
+                    self.last_lsn,
+                    "new",
+                )?;
+                seg.advise_random();
+                seg
             }
         };
         let path = self.dir.join(segment::segment_file_name(id, "seg"));

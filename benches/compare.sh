@@ -28,6 +28,7 @@
 #   --targets "X ..."   any of tandem redis echo (default "tandem redis echo")
 #   --keyspace N        keys (default 10000), written by a prefill before each run
 #   --fsync MODE        tandem-server --fsync (default never)
+#   --server-args "..." more tandem-server flags, e.g. "--busy-poll-us 50" (default none)
 #   --redis-persist P   none (no AOF, no RDB: Redis at its fastest; default) or matched
 #                       (AOF with appendfsync no/everysec/always to match --fsync)
 #   --no-redis-benchmark  skip the redis-benchmark reference column
@@ -50,6 +51,7 @@ TESTS="put get"
 TARGETS="tandem redis echo"
 KEYSPACE=10000
 FSYNC=never
+SERVER_ARGS=""
 REDIS_PERSIST=none
 REDIS_BENCHMARK=1
 OUT=""
@@ -68,6 +70,7 @@ while [[ $# -gt 0 ]]; do
         --targets) TARGETS=$2; shift 2 ;;
         --keyspace) KEYSPACE=$2; shift 2 ;;
         --fsync) FSYNC=$2; shift 2 ;;
+        --server-args) SERVER_ARGS=$2; shift 2 ;;
         --redis-persist) REDIS_PERSIST=$2; shift 2 ;;
         --no-redis-benchmark) REDIS_BENCHMARK=0; shift ;;
         --quick) ROUNDS=1; DURATION=1; WARMUP=0.5; shift ;;
@@ -164,7 +167,8 @@ start_server() {
     log=$dir/server.log
     case $kind in
         tandem)
-            "$BIN/tandem-server" --listen 127.0.0.1:0 --data "$dir/data" --fsync "$FSYNC" >"$dir/stdout" 2>"$log" &
+            # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
+            "$BIN/tandem-server" --listen 127.0.0.1:0 --data "$dir/data" --fsync "$FSYNC" $SERVER_ARGS >"$dir/stdout" 2>"$log" &
             SERVER_PID=$!
             ADDR=""
             for _ in $(seq 200); do
@@ -327,7 +331,7 @@ report() {
     echo "- when: $(date -u '+%Y-%m-%d %H:%M UTC'), git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "- machine: $(nproc) vCPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(uname -r); $PRIORITY"
     echo "- client: tandem-bench, closed loop, $DURATION s per test after $WARMUP s warm-up, $KEYSPACE keys written first, medians of $ROUNDS round(s) alternating the order of the servers (min-max in brackets)"
-    echo "- tandem-server --fsync $FSYNC; $(redis-server --version 2>/dev/null | awk '{print $1, $2, $3}') with persistence $REDIS_PERSIST; echo = tandem-echo, a bare mio echo of 4096-byte frames (the ceiling)"
+    echo "- tandem-server --fsync $FSYNC${SERVER_ARGS:+ $SERVER_ARGS}; $(redis-server --version 2>/dev/null | awk '{print $1, $2, $3}') with persistence $REDIS_PERSIST; echo = tandem-echo, a bare mio echo of 4096-byte frames (the ceiling)"
     echo "- shapes are connections:in-flight per connection; \":warm\" = two SCHED_IDLE nice-19 busy loops kept both vCPUs awake"
     echo "- other processes used at most ${OTHER_MAX}% of the machine during a run; errors in all runs: $ERRORS"
     echo

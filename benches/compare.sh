@@ -155,7 +155,8 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
     local port
     while :; do
-        port=$((20000 + RANDOM % 40000))
+        # Below the ephemeral range (32768-60999), where the clients' own sockets live.
+        port=$((20000 + RANDOM % 12000))
         port_in_use "$port" || { echo "$port"; return; }
     done
 }
@@ -188,7 +189,6 @@ start_server() {
             done
             ;;
         redis)
-            port=$(free_port)
             local persist=(--appendonly no)
             if [[ $REDIS_PERSIST == matched ]]; then
                 case $FSYNC in
@@ -197,13 +197,19 @@ start_server() {
                     *) persist=(--appendonly yes --appendfsync everysec) ;;
                 esac
             fi
-            redis-server --port "$port" --bind 127.0.0.1 --save "" "${persist[@]}" --dir "$dir" \
-                --daemonize no --logfile "$log" &
-            SERVER_PID=$!
-            ADDR=127.0.0.1:$port
-            for _ in $(seq 200); do
-                port_in_use "$port" && break
-                sleep 0.05
+            # A port found free can be taken before Redis binds it: try a few.
+            for _ in 1 2 3 4 5; do
+                port=$(free_port)
+                redis-server --port "$port" --bind 127.0.0.1 --save "" "${persist[@]}" --dir "$dir" \
+                    --daemonize no --logfile "$log" &
+                SERVER_PID=$!
+                ADDR=127.0.0.1:$port
+                for _ in $(seq 200); do
+                    port_in_use "$port" && break
+                    kill -0 "$SERVER_PID" 2>/dev/null || break
+                    sleep 0.05
+                done
+                kill -0 "$SERVER_PID" 2>/dev/null && break
             done
             ;;
     esac

@@ -204,7 +204,10 @@ impl Store {
             if c.retry_at.is_some_and(|t| now < t) {
                 return Ok(());
             }
-            let deadline = now + self.opts.compact_step_budget;
+            // From the step's own start: `now` is when the caller's iteration began, and after
+            // a busy iteration a budget counted from there would be spent before the step runs,
+            // leaving compaction a few records per tick, too slow to keep up with a heavy writer.
+            let deadline = Instant::now() + self.opts.compact_step_budget;
             match self.copy_step(Some(deadline)) {
                 Ok(true) => self.begin_commit(),
                 Ok(false) => {}

@@ -11,7 +11,8 @@
 //!       0     4  magic        "TDMS"
 //!       4     2  version      1
 //!       6     1  kind         1 = log (written in LSN order), 2 = compacted (copied records)
-//!       7     1  flags        0
+//!       7     1  flags        bit 0 RECYCLED: the file had an earlier life; bytes after the
+//!                             records may be its stale data (see "tag" below); others 0
 //!       8     8  id           the number in the file name
 //!      16     8  segment_len  the file's length when it was created
 //!      24     8  base_lsn     last LSN written anywhere when the segment was created
@@ -25,7 +26,9 @@
 //!       5     1  flags        0
 //!       6     2  key_len      1 ..= 65535
 //!       8     4  value_len    0 for a tombstone
-//!      12     4  reserved     0
+//!      12     4  tag          low 32 bits of the id of the log segment the record was first
+//!                             written to (0 in older files); in a RECYCLED segment only records
+//!                             carrying that segment's own tag belong to it
 //!      16     8  lsn          log sequence number, >= 1
 //!      24     8  timestamp    the value's version (= lsn for local writes)
 //!      32     8  client_id    of the write that produced the record
@@ -71,10 +74,10 @@ pub const REC_FLAGS_OFFSET: usize = REC_KIND_OFFSET + size_of::<u8>();
 pub const REC_KEY_LEN_OFFSET: usize = REC_FLAGS_OFFSET + size_of::<u8>();
 /// Offset of the value length.
 pub const REC_VALUE_LEN_OFFSET: usize = REC_KEY_LEN_OFFSET + size_of::<u16>();
-/// Offset of the reserved word.
-pub const REC_RESERVED_OFFSET: usize = REC_VALUE_LEN_OFFSET + size_of::<u32>();
+/// Offset of the tag: the low 32 bits of the id of the log segment the record was written to.
+pub const REC_TAG_OFFSET: usize = REC_VALUE_LEN_OFFSET + size_of::<u32>();
 /// Offset of the log sequence number.
-pub const REC_LSN_OFFSET: usize = REC_RESERVED_OFFSET + size_of::<u32>();
+pub const REC_LSN_OFFSET: usize = REC_TAG_OFFSET + size_of::<u32>();
 /// Offset of the timestamp (the value's version).
 pub const REC_TIMESTAMP_OFFSET: usize = REC_LSN_OFFSET + size_of::<u64>();
 /// Offset of the client id.
@@ -85,6 +88,17 @@ pub const REC_REQUEST_ID_OFFSET: usize = REC_CLIENT_ID_OFFSET + size_of::<u64>()
 pub const RECORD_HEADER_LEN: usize = REC_REQUEST_ID_OFFSET + size_of::<u64>();
 /// The checksum covers the record from here to the end of the value.
 pub const REC_CRC_START: usize = REC_KIND_OFFSET;
+
+/// Segment header flag: the file is a recycled one, so stale bytes of its earlier life may follow
+/// the records. Its own records carry its tag; a clean end is an all-zero header, which the
+/// writer keeps in place after the last record.
+pub const SEG_FLAG_RECYCLED: u8 = 1;
+
+/// The record tag of segment `id`.
+#[inline]
+pub const fn segment_tag(id: u64) -> u32 {
+    id as u32
+}
 
 /// Records start at multiples of this.
 pub const RECORD_ALIGN: usize = 8;
@@ -122,6 +136,8 @@ pub struct SegmentHeader {
     pub segment_len: u64,
     /// The store's last LSN when the segment was created.
     pub base_lsn: u64,
+    /// The file is recycled ([`SEG_FLAG_RECYCLED`]).
+    pub recycled: bool,
 }
 
 impl SegmentHeader {
@@ -131,6 +147,7 @@ impl SegmentHeader {
         b[SEG_MAGIC_OFFSET..SEG_VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
         b[SEG_VERSION_OFFSET..SEG_KIND_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[SEG_KIND_OFFSET] = self.kind as u8;
+        b[SEG_FLAGS_OFFSET] = if self.recycled { SEG_FLAG_RECYCLED } else { 0 };
         b[SEG_ID_OFFSET..SEG_LEN_OFFSET].copy_from_slice(&self.id.to_le_bytes());
         b[SEG_LEN_OFFSET..SEG_BASE_LSN_OFFSET].copy_from_slice(&self.segment_len.to_le_bytes());
         b[SEG_BASE_LSN_OFFSET..SEG_CRC_OFFSET].copy_from_slice(&self.base_lsn.to_le_bytes());
@@ -144,7 +161,7 @@ impl SegmentHeader {
         let b: &[u8; SEGMENT_HEADER_LEN] = b.get(..SEGMENT_HEADER_LEN)?.try_into().ok()?;
         if b[SEG_MAGIC_OFFSET..SEG_VERSION_OFFSET] != SEGMENT_MAGIC
             || u16_at(b, SEG_VERSION_OFFSET) != FORMAT_VERSION
-            || b[SEG_FLAGS_OFFSET] != 0
+            || b[SEG_FLAGS_OFFSET] & !SEG_FLAG_RECYCLED != 0
             || u32_at(b, SEG_RESERVED2_OFFSET) != 0
             || u32_at(b, SEG_CRC_OFFSET) != crc32fast::hash(&b[..SEG_CRC_OFFSET])
         {
@@ -160,6 +177,7 @@ impl SegmentHeader {
             id: u64_at(b, SEG_ID_OFFSET),
             segment_len: u64_at(b, SEG_LEN_OFFSET),
             base_lsn: u64_at(b, SEG_BASE_LSN_OFFSET),
+            recycled: b[SEG_FLAGS_OFFSET] & SEG_FLAG_RECYCLED != 0,
         })
     }
 }
@@ -188,12 +206,23 @@ pub const fn record_len(key_len: usize, value_len: usize) -> usize {
 /// Encodes a record header with its checksum over the header, `key` and the value given in parts
 /// (so `append` can checksum old value + suffix without first joining them).
 pub fn encode_record_header(meta: &RecordMeta, key: &[u8], value: &[&[u8]]) -> [u8; RECORD_HEADER_LEN] {
+    encode_record_header_tagged(meta, 0, key, value)
+}
+
+/// [`encode_record_header`] with the tag of the segment the record goes to.
+pub fn encode_record_header_tagged(
+    meta: &RecordMeta,
+    tag: u32,
+    key: &[u8],
+    value: &[&[u8]],
+) -> [u8; RECORD_HEADER_LEN] {
     let value_len: usize = value.iter().map(|p| p.len()).sum();
     let mut h = [0u8; RECORD_HEADER_LEN];
+    h[REC_TAG_OFFSET..REC_LSN_OFFSET].copy_from_slice(&tag.to_le_bytes());
     h[REC_KIND_OFFSET] = meta.kind as u8;
     // Lengths were checked against the limits (u16 key, u32 value) by the caller.
     h[REC_KEY_LEN_OFFSET..REC_VALUE_LEN_OFFSET].copy_from_slice(&(key.len() as u16).to_le_bytes());
-    h[REC_VALUE_LEN_OFFSET..REC_RESERVED_OFFSET].copy_from_slice(&(value_len as u32).to_le_bytes());
+    h[REC_VALUE_LEN_OFFSET..REC_TAG_OFFSET].copy_from_slice(&(value_len as u32).to_le_bytes());
     h[REC_LSN_OFFSET..REC_TIMESTAMP_OFFSET].copy_from_slice(&meta.lsn.to_le_bytes());
     h[REC_TIMESTAMP_OFFSET..REC_CLIENT_ID_OFFSET].copy_from_slice(&meta.timestamp.to_le_bytes());
     h[REC_CLIENT_ID_OFFSET..REC_REQUEST_ID_OFFSET].copy_from_slice(&meta.client_id.to_le_bytes());
@@ -219,6 +248,8 @@ pub struct RecordView<'a> {
     pub value: &'a [u8],
     /// Bytes the record occupies, padding included.
     pub len: usize,
+    /// The tag of the log segment it was first written to.
+    pub tag: u32,
 }
 
 /// Outcome of looking at the bytes where a record should start.
@@ -252,11 +283,7 @@ pub fn parse_record(buf: &[u8]) -> Parsed<'_> {
     };
     let key_len = u16_at(h, REC_KEY_LEN_OFFSET) as usize;
     let value_len = u32_at(h, REC_VALUE_LEN_OFFSET) as usize;
-    if h[REC_FLAGS_OFFSET] != 0
-        || u32_at(h, REC_RESERVED_OFFSET) != 0
-        || key_len == 0
-        || (kind == RecordKind::Tombstone && value_len != 0)
-    {
+    if h[REC_FLAGS_OFFSET] != 0 || key_len == 0 || (kind == RecordKind::Tombstone && value_len != 0) {
         return Parsed::Bad(Corruption::BadRecordHeader);
     }
     let end = RECORD_HEADER_LEN + key_len + value_len;
@@ -283,7 +310,7 @@ pub fn parse_record(buf: &[u8]) -> Parsed<'_> {
         return Parsed::Bad(Corruption::BadRecordHeader);
     }
     let (key, value) = body.split_at(key_len);
-    Parsed::Record(RecordView { meta, key, value, len })
+    Parsed::Record(RecordView { meta, key, value, len, tag: u32_at(h, REC_TAG_OFFSET) })
 }
 
 /// Reads a record that is known to be valid (the index points at it) without re-checking the CRC.
@@ -309,7 +336,7 @@ pub fn view_record_unchecked(buf: &[u8]) -> Option<RecordView<'_>> {
         client_id: u64_at(h, REC_CLIENT_ID_OFFSET),
         request_id: u64_at(h, REC_REQUEST_ID_OFFSET),
     };
-    Some(RecordView { meta, key, value, len: record_len(key_len, value_len) })
+    Some(RecordView { meta, key, value, len: record_len(key_len, value_len), tag: u32_at(h, REC_TAG_OFFSET) })
 }
 
 /// Reads just the key of a record known to be valid.
@@ -408,7 +435,13 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let h = SegmentHeader { kind: SegmentKind::Compacted, id: 42, segment_len: 1 << 20, base_lsn: 77 };
+        let h = SegmentHeader {
+            kind: SegmentKind::Compacted,
+            id: 42,
+            segment_len: 1 << 20,
+            base_lsn: 77,
+            recycled: false,
+        };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Some(h));
         for i in 0..SEGMENT_HEADER_LEN {

@@ -555,8 +555,9 @@ impl Store {
         }
         let rmeta =
             RecordMeta { kind, lsn, timestamp, client_id: meta.client_id, request_id: meta.request_id };
-        let header = format::encode_record_header(&rmeta, key, value);
         let active = self.active;
+        let tag = self.active_segment().map_or(0, |s| format::segment_tag(s.id));
+        let header = format::encode_record_header_tagged(&rmeta, tag, key, value);
         let Some(Some(seg)) = self.segments.get_mut(active as usize) else {
             return Err(StorageError::Poisoned);
         };

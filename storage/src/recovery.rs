@@ -266,25 +266,45 @@ struct Damage {
 
 /// Scans records from `from`, calling `on_record` for each valid one, until the end of the log
 /// or the first damage.
-fn scan(bytes: &[u8], from: u32, mut on_record: impl FnMut(u32, &RecordView<'_>)) -> ScanEnd {
+///
+/// `recycled` is the tag of a RECYCLED segment (`format::SEG_FLAG_RECYCLED`): stale bytes of the
+/// file's earlier life follow its records, so an all-zero header, a record with another tag or
+/// a remainder too short for a header is its clean end, and only records with its tag count
+/// when looking for valid records after damage.
+fn scan(
+    bytes: &[u8],
+    from: u32,
+    recycled: Option<u32>,
+    mut on_record: impl FnMut(u32, &RecordView<'_>),
+) -> ScanEnd {
     let mut off = from as usize;
     loop {
         let rest = bytes.get(off..).unwrap_or(&[]);
+        let clean_end = ScanEnd { end: off as u32, damage: None };
         let reason = match format::parse_record(rest) {
+            Parsed::Record(r) if recycled.is_some_and(|t| t != r.tag) => return clean_end,
             Parsed::Record(r) => {
                 on_record(off as u32, &r);
                 off += r.len;
                 continue;
             }
+            Parsed::End if recycled.is_some() => return clean_end,
+            Parsed::Bad(_) if recycled.is_some() && rest.len() < format::RECORD_HEADER_LEN => {
+                return clean_end
+            }
             Parsed::End => match first_nonzero(rest) {
-                None => return ScanEnd { end: off as u32, damage: None },
+                None => return clean_end,
                 Some(_) => Corruption::GarbageAfterEnd,
             },
             Parsed::Bad(reason) => reason,
         };
         let dirty_end = off + last_nonzero_end(rest);
         let dirty_end = dirty_end.next_multiple_of(format::RECORD_ALIGN).min(bytes.len());
-        let next_valid = find_valid_record(bytes, off + format::RECORD_ALIGN, dirty_end);
+        let next_valid = find_valid_record(bytes, off + format::RECORD_ALIGN, dirty_end, recycled);
+        // In a RECYCLED segment the non-zero bytes run on into the stale tail; zeroing the damaged
+        // record's header is enough to end the log there.
+        let dirty_end =
+            if recycled.is_some() { (off + format::RECORD_HEADER_LEN).min(bytes.len()) } else { dirty_end };
         return ScanEnd {
             end: off as u32,
             damage: Some(Damage { offset: off as u32, reason, next_valid, dirty_end: dirty_end as u32 }),
@@ -292,8 +312,9 @@ fn scan(bytes: &[u8], from: u32, mut on_record: impl FnMut(u32, &RecordView<'_>)
     }
 }
 
-/// Offset of the first valid record at an aligned offset in `from..to`.
-fn find_valid_record(bytes: &[u8], from: usize, to: usize) -> Option<u32> {
+/// Offset of the first valid record at an aligned offset in `from..to` (with the tag `recycled`,
+/// in a RECYCLED segment).
+fn find_valid_record(bytes: &[u8], from: usize, to: usize, recycled: Option<u32>) -> Option<u32> {
     let mut off = from.next_multiple_of(format::RECORD_ALIGN);
     while off < to {
         let rest = &bytes[off..];
@@ -301,8 +322,10 @@ fn find_valid_record(bytes: &[u8], from: usize, to: usize) -> Option<u32> {
         if matches!(rest.get(format::REC_KIND_OFFSET), Some(1 | 2))
             && rest.get(format::REC_FLAGS_OFFSET) == Some(&0)
         {
-            if let Parsed::Record(_) = format::parse_record(rest) {
-                return Some(off as u32);
+            if let Parsed::Record(r) = format::parse_record(rest) {
+                if recycled.is_none_or(|t| t == r.tag) {
+                    return Some(off as u32);
+                }
             }
         }
         off += format::RECORD_ALIGN;
@@ -403,7 +426,8 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
     for i in 0..n {
         let Some(seg) = segments[i].as_ref() else { continue };
         let segs = &segments;
-        let end = scan(seg.bytes(), SEGMENT_HEADER_LEN as u32, |off, r| {
+        let recycled = seg.recycled.then(|| format::segment_tag(seg.id));
+        let end = scan(seg.bytes(), SEGMENT_HEADER_LEN as u32, recycled, |off, r| {
             report.records += 1;
             let lsn = r.meta.lsn;
             last_lsn = last_lsn.max(lsn);
@@ -561,14 +585,19 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
 
 /// Every valid record of a segment and every damaged range, resynchronising after damage by
 /// looking for the next valid record at each aligned offset.
-fn scan_all(bytes: &[u8], path: &Path, dropped: &mut Vec<DroppedRange>) -> Vec<(u32, u32)> {
+fn scan_all(
+    bytes: &[u8],
+    path: &Path,
+    recycled: Option<u32>,
+    dropped: &mut Vec<DroppedRange>,
+) -> Vec<(u32, u32)> {
     let mut kept = Vec::new();
     let mut off = SEGMENT_HEADER_LEN as u32;
     if bytes.len() < SEGMENT_HEADER_LEN {
         return kept;
     }
     loop {
-        let end = scan(bytes, off, |o, r| kept.push((o, r.len as u32)));
+        let end = scan(bytes, off, recycled, |o, r| kept.push((o, r.len as u32)));
         let Some(d) = end.damage else { break };
         let resume = d.next_valid.unwrap_or(d.dirty_end);
         dropped.push(DroppedRange {
@@ -620,14 +649,22 @@ pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, Storage
                 reason: Corruption::Truncated,
             });
         }
-        let kept = scan_all(seg.bytes(), &path, &mut dropped);
+        // A RECYCLED segment whose header is damaged cannot be told from any other: it is read
+        // without the tag rule, so stale records of its earlier life may be kept (docs/storage.md).
+        let recycled = header.is_some_and(|h| h.recycled).then(|| format::segment_tag(seg.id));
+        let kept = scan_all(seg.bytes(), &path, recycled, &mut dropped);
         if dropped.is_empty() {
             continue;
         }
         let tail_only = header_ok && Some(i) == last_log && dropped.len() == 1 && {
             let d = &dropped[0];
-            find_valid_record(seg.bytes(), d.offset as usize + format::RECORD_ALIGN, seg.len() as usize)
-                .is_none()
+            find_valid_record(
+                seg.bytes(),
+                d.offset as usize + format::RECORD_ALIGN,
+                seg.len() as usize,
+                recycled,
+            )
+            .is_none()
         };
         if tail_only {
             let d = &dropped[0];
@@ -694,5 +731,66 @@ mod tests {
         assert_eq!(last_nonzero_end(&b), 251);
         b[299] = 3;
         assert_eq!(last_nonzero_end(&b), 300);
+    }
+
+    /// A buffer of records with these tags, back to back after a segment header's worth of bytes.
+    fn tagged(tags: &[u32]) -> Vec<u8> {
+        let mut b = vec![0u8; SEGMENT_HEADER_LEN];
+        for (i, &tag) in tags.iter().enumerate() {
+            let meta = format::RecordMeta {
+                kind: RecordKind::Put,
+                lsn: i as u64 + 1,
+                timestamp: i as u64 + 1,
+                client_id: 0,
+                request_id: 0,
+            };
+            let h = format::encode_record_header_tagged(&meta, tag, b"key", &[b"value"]);
+            b.extend_from_slice(&h);
+            b.extend_from_slice(b"keyvalue");
+            b.resize(b.len().next_multiple_of(format::RECORD_ALIGN), 0);
+        }
+        b.resize(b.len() + 256, 0);
+        b
+    }
+
+    fn scanned(b: &[u8], recycled: Option<u32>) -> (Vec<u64>, ScanEnd) {
+        let mut lsns = Vec::new();
+        let end = scan(b, SEGMENT_HEADER_LEN as u32, recycled, |_, r| lsns.push(r.meta.lsn));
+        (lsns, end)
+    }
+
+    #[test]
+    fn a_recycled_segment_ends_at_the_first_record_of_another_life() {
+        let b = tagged(&[5, 5, 7, 7]);
+        let (lsns, end) = scanned(&b, Some(5));
+        assert_eq!(lsns, vec![1, 2]);
+        assert_eq!(end.damage, None);
+        // Without the RECYCLED flag, tags mean nothing: every valid record counts.
+        assert_eq!(scanned(&b, None).0, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn in_a_recycled_segment_stale_bytes_after_the_end_marker_are_not_damage() {
+        let mut b = tagged(&[5, 5]);
+        let end_marker = scanned(&b, Some(5)).1.end as usize;
+        let tail = b.len();
+        b[end_marker + format::RECORD_HEADER_LEN..tail].fill(0xAB);
+        let (lsns, end) = scanned(&b, Some(5));
+        assert_eq!((lsns, end.damage), (vec![1, 2], None));
+        // An ordinary segment calls the same bytes damage.
+        assert!(scanned(&b, None).1.damage.is_some());
+        // Damage before the end marker is still damage; a valid record of this life after it
+        // makes it corruption, not a torn tail.
+        let mut c = tagged(&[5, 5, 5]);
+        c[SEGMENT_HEADER_LEN + 60] ^= 1;
+        let end = scanned(&c, Some(5)).1;
+        assert!(end.damage.is_some_and(|d| d.next_valid.is_some()), "{end:?}");
+        let mut d = tagged(&[5, 7, 7]);
+        d[SEGMENT_HEADER_LEN + 60] ^= 1;
+        let end = scanned(&d, Some(5)).1;
+        assert!(
+            end.damage.is_some_and(|d| d.next_valid.is_none()),
+            "records of another life are not this one's: {end:?}"
+        );
     }
 }

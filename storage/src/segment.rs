@@ -67,6 +67,8 @@ pub(crate) struct Segment {
     pub tombstones: u32,
     /// No more records will be appended (a newer log segment exists, or compaction finished it).
     pub sealed: bool,
+    /// A recycled file: stale bytes may follow the records (`format::SEG_FLAG_RECYCLED`).
+    pub recycled: bool,
 }
 
 impl Segment {
@@ -89,7 +91,11 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| StorageError::io(format!("create segment {}", path.display()), e))?;
-        let result = Self::init_new(file, &path, SegmentHeader { kind, id, segment_len: len, base_lsn });
+        let result = Self::init_new(
+            file,
+            &path,
+            SegmentHeader { kind, id, segment_len: len, base_lsn, recycled: false },
+        );
         if result.is_err() {
             let _ = fs::remove_file(&path);
         }
@@ -124,17 +130,21 @@ impl Segment {
             baseline_dead: 0,
             tombstones: 0,
             sealed: false,
+            recycled: false,
         })
     }
 
     /// Reuses a retired segment file (`*.free`, see [`retire`]) as the next log segment `id`:
-    /// renames it to `{id}.new`, zeroes it through the mapping and writes a fresh header.
+    /// renames it to `{id}.new`, writes a header flagged RECYCLED and zeroes the first record
+    /// slot. The rest keeps the stale bytes of the file's earlier life: they are not zeroed,
+    /// because that would cost as much memory bandwidth as the writes themselves. Instead every
+    /// record written here carries this segment's tag, `append` keeps an all-zero header after
+    /// the last record, and recovery reads a RECYCLED segment only up to that header or to the
+    /// first record with another tag (`format::SEG_FLAG_RECYCLED`).
     ///
     /// A retired file's blocks are allocated and its pages are usually still in the page cache,
-    /// so zeroing it costs a memset of resident memory, where a new file costs a kernel zero-fill
-    /// of freshly allocated pages on first touch (several times slower here). Zeroing is what
-    /// keeps the format's rule "zeros after the last record": no stale record of the file's
-    /// previous life can be read as part of the new segment.
+    /// so preparing it is a prefault of resident memory, where a new file costs a kernel
+    /// zero-fill of freshly allocated pages on first touch (several times slower here).
     ///
     /// `Ok(None)` if the file was taken by someone else or has the wrong length (it is deleted).
     pub fn recycle(free: &Path, dir: &Path, id: u64, len: u64) -> Result<Option<Segment>, StorageError> {
@@ -144,8 +154,10 @@ impl Segment {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageError::io(format!("rename {}", free.display()), e)),
         }
-        let result =
-            Self::reinit(&path, SegmentHeader { kind: SegmentKind::Log, id, segment_len: len, base_lsn: 0 });
+        let result = Self::reinit(
+            &path,
+            SegmentHeader { kind: SegmentKind::Log, id, segment_len: len, base_lsn: 0, recycled: true },
+        );
         if !matches!(result, Ok(Some(_))) {
             let _ = fs::remove_file(&path);
         }
@@ -163,9 +175,9 @@ impl Segment {
             return Ok(None);
         }
         let mut map = map_file(&file, len as usize, path)?;
-        // Populating first takes the page-table work in one call instead of a fault per page.
+        // The page-table work in one call instead of a fault per page on the write path.
         let _ = map.advise(memmap2::Advice::PopulateWrite);
-        map.fill(0);
+        map[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + RECORD_HEADER_LEN].fill(0);
         map[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         Ok(Some(Segment {
             id: header.id,
@@ -181,6 +193,7 @@ impl Segment {
             baseline_dead: 0,
             tombstones: 0,
             sealed: false,
+            recycled: header.recycled,
         }))
     }
 
@@ -222,6 +235,7 @@ impl Segment {
             baseline_dead: 0,
             tombstones: 0,
             sealed: true,
+            recycled: header.is_some_and(|h| h.recycled),
         };
         Ok((seg, header))
     }
@@ -274,6 +288,15 @@ impl Segment {
         let off = self.write_off as usize;
         let value_len: usize = value.iter().map(|p| p.len()).sum();
         let len = format::record_len(key.len(), value_len);
+        if self.recycled {
+            // The end marker first: stale bytes follow, so the slot after this record must read
+            // as an all-zero header before this record can look complete.
+            let next = off + len;
+            let end = (next + RECORD_HEADER_LEN).min(self.map.len());
+            if next < end {
+                self.map[next..end].fill(0);
+            }
+        }
         let rec = &mut self.map[off..off + len];
         rec[format::REC_CRC_START..RECORD_HEADER_LEN].copy_from_slice(&header[format::REC_CRC_START..]);
         let mut at = RECORD_HEADER_LEN;
@@ -331,8 +354,13 @@ impl Segment {
     /// (id and base LSN are only known now). The file is still named `*.new`, so a crash before
     /// the caller renames it leaves nothing behind that recovery would read.
     pub fn adopt(&mut self, id: u64, base_lsn: u64) {
-        let header =
-            SegmentHeader { kind: SegmentKind::Log, id, segment_len: self.map.len() as u64, base_lsn };
+        let header = SegmentHeader {
+            kind: SegmentKind::Log,
+            id,
+            segment_len: self.map.len() as u64,
+            base_lsn,
+            recycled: self.recycled,
+        };
         self.map[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         self.id = id;
         self.kind = SegmentKind::Log;
@@ -361,7 +389,14 @@ impl Segment {
             return Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()));
         }
         let from = self.synced_upto as usize;
-        self.map.flush_range(from, self.write_off as usize - from)?;
+        // A recycled segment's end marker (the zeroed header slot after the last record) must be
+        // as durable as the records, or a machine crash could leave stale bytes right after them.
+        let to = if self.recycled {
+            (self.write_off as usize + RECORD_HEADER_LEN).min(self.map.len())
+        } else {
+            self.write_off as usize
+        };
+        self.map.flush_range(from, to - from)?;
         self.synced_upto = self.write_off;
         Ok(())
     }

@@ -59,6 +59,8 @@ const MARKER_MAGIC: &str = "tandem-compaction 1";
 
 /// How long compaction waits before retrying a segment allocation that failed for lack of space.
 const NO_SPACE_RETRY: Duration = Duration::from_millis(500);
+/// Shortest compaction step in `tick` (see `compaction_tick`).
+const MIN_STEP: Duration = Duration::from_micros(25);
 
 /// Where compaction is.
 pub(crate) enum State {
@@ -204,10 +206,16 @@ impl Store {
             if c.retry_at.is_some_and(|t| now < t) {
                 return Ok(());
             }
-            // From the step's own start: `now` is when the caller's iteration began, and after
-            // a busy iteration a budget counted from there would be spent before the step runs,
-            // leaving compaction a few records per tick, too slow to keep up with a heavy writer.
-            let deadline = Instant::now() + self.opts.compact_step_budget;
+            // Counted from the step's own start: `now` is when the caller's iteration began, and
+            // after a busy iteration a budget counted from there would be spent before the step
+            // runs, leaving compaction a few records per tick, too slow for a heavy writer. And
+            // scaled to the iteration: at most as long as the caller has just worked (at least
+            // MIN_STEP), so a lightly loaded loop, which iterates often, takes short steps and a
+            // lone client's next request does not wait a whole budget behind one.
+            let step_start = Instant::now();
+            let worked = step_start.saturating_duration_since(now);
+            let budget = worked.clamp(MIN_STEP, self.opts.compact_step_budget.max(MIN_STEP));
+            let deadline = step_start + budget;
             match self.copy_step(Some(deadline)) {
                 Ok(true) => self.begin_commit(),
                 Ok(false) => {}

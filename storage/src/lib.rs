@@ -157,9 +157,11 @@ pub struct Options {
     /// Longest key + value accepted, so that a record fits one protocol frame.
     /// Default `wire::header::MAX_PAYLOAD_LEN` (4048).
     pub max_payload_len: usize,
-    /// Most time one compaction step in [`Store::tick`] may take, counted from the step's start.
-    /// Default 200 µs: enough for compaction to keep up with a writer saturating the event loop
-    /// (4000-byte PUTs at 50x16, ~1.2 GB/s), small enough not to cost that writer throughput.
+    /// Most time one compaction step in [`Store::tick`] may take, counted from the step's start;
+    /// a step also takes no longer than the caller worked since the `now` it passed (but at
+    /// least 25 µs), so a lightly loaded loop takes short steps. Default 200 µs: enough for
+    /// compaction to keep up with a writer saturating the event loop (4000-byte PUTs at 50x16,
+    /// ~1.2 GB/s), small enough not to cost that writer throughput.
     pub compact_step_budget: Duration,
     /// Keys to reserve index room for at open, avoiding growth pauses. Default 0.
     pub index_capacity: usize,

@@ -419,14 +419,7 @@ impl Store {
         // to the kernel. The cost, after a machine crash only: a key whose newest value was not
         // yet written back may be missing instead of holding its older value (docs/storage.md).
         let flush_all = !matches!(self.opts.durability, Durability::Never);
-        let (mut flush, mut marks) = self.unflushed();
-        if !flush_all {
-            let ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
-            let keep: Vec<bool> = marks.segments.iter().map(|(id, _)| ids.contains(id)).collect();
-            let mut it = keep.iter();
-            flush.retain(|_| *it.next().unwrap_or(&false));
-            marks.segments.retain(|(id, _)| ids.contains(id));
-        }
+        let (flush, marks) = self.unflushed_of(|s| flush_all || outputs.iter().any(|o| o.0 == s.id));
         let durable_after = if flush_all { self.last_lsn } else { self.durable_lsn };
         // The inputs' records are gone from this process's view of the log already.
         self.recompute_log_start();

@@ -816,9 +816,17 @@ impl Store {
 
     /// The files with unflushed writes, and what flushing them now will cover.
     pub(crate) fn unflushed(&self) -> (Vec<Arc<File>>, worker::FlushMarks) {
+        self.unflushed_of(|_| true)
+    }
+
+    /// As [`Store::unflushed`], for the segments `which` selects.
+    pub(crate) fn unflushed_of(
+        &self,
+        which: impl Fn(&Segment) -> bool,
+    ) -> (Vec<Arc<File>>, worker::FlushMarks) {
         let mut files = Vec::new();
         let mut marks = worker::FlushMarks { segments: Vec::new(), dir_gen: self.dir_gen };
-        for seg in self.segments.iter().flatten().filter(|s| !s.is_synced()) {
+        for seg in self.segments.iter().flatten().filter(|s| !s.is_synced() && which(s)) {
             files.push(Arc::clone(&seg.file));
             marks.segments.push((seg.id, seg.write_off));
         }

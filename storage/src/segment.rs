@@ -72,6 +72,34 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// A segment over `map` with no records accounted yet (recovery fills the counters in).
+    fn from_parts(
+        id: u64,
+        kind: SegmentKind,
+        path: &Path,
+        file: File,
+        map: MmapMut,
+        sealed: bool,
+        recycled: bool,
+    ) -> Segment {
+        Segment {
+            id,
+            kind,
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            write_off: SEGMENT_HEADER_LEN.min(map.len()) as u32,
+            map,
+            synced_upto: 0,
+            live_bytes: 0,
+            min_lsn: u64::MAX,
+            max_lsn: 0,
+            baseline_dead: 0,
+            tombstones: 0,
+            sealed,
+            recycled,
+        }
+    }
+
     /// Creates, preallocates and maps a new segment named `{id}.{ext}` in `dir`.
     ///
     /// # Errors
@@ -116,22 +144,7 @@ impl Segment {
         file.write_all_at(&header.encode(), 0)
             .map_err(|e| StorageError::io(format!("write segment header {}", path.display()), e))?;
         let map = map_file(&file, len as usize, path)?;
-        Ok(Segment {
-            id,
-            kind,
-            path: path.to_path_buf(),
-            file: Arc::new(file),
-            map,
-            write_off: SEGMENT_HEADER_LEN as u32,
-            synced_upto: 0,
-            live_bytes: 0,
-            min_lsn: u64::MAX,
-            max_lsn: 0,
-            baseline_dead: 0,
-            tombstones: 0,
-            sealed: false,
-            recycled: false,
-        })
+        Ok(Segment::from_parts(id, kind, path, file, map, false, false))
     }
 
     /// Reuses a retired segment file (`*.free`, see [`retire`]) as the next log segment `id`:
@@ -179,22 +192,7 @@ impl Segment {
         let _ = map.advise(memmap2::Advice::PopulateWrite);
         map[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + RECORD_HEADER_LEN].fill(0);
         map[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
-        Ok(Some(Segment {
-            id: header.id,
-            kind: header.kind,
-            path: path.to_path_buf(),
-            file: Arc::new(file),
-            map,
-            write_off: SEGMENT_HEADER_LEN as u32,
-            synced_upto: 0,
-            live_bytes: 0,
-            min_lsn: u64::MAX,
-            max_lsn: 0,
-            baseline_dead: 0,
-            tombstones: 0,
-            sealed: false,
-            recycled: header.recycled,
-        }))
+        Ok(Some(Segment::from_parts(header.id, header.kind, path, file, map, false, header.recycled)))
     }
 
     /// Opens and maps an existing segment file as it is (its length, whatever the header says).
@@ -221,22 +219,8 @@ impl Segment {
             map_file(&file, len as usize, path)?
         };
         let header = SegmentHeader::decode(&map).filter(|h| h.id == id);
-        let seg = Segment {
-            id,
-            kind: header.map_or(SegmentKind::Compacted, |h| h.kind),
-            path: path.to_path_buf(),
-            file: Arc::new(file),
-            map,
-            write_off: SEGMENT_HEADER_LEN.min(len as usize) as u32,
-            synced_upto: 0,
-            live_bytes: 0,
-            min_lsn: u64::MAX,
-            max_lsn: 0,
-            baseline_dead: 0,
-            tombstones: 0,
-            sealed: true,
-            recycled: header.is_some_and(|h| h.recycled),
-        };
+        let kind = header.map_or(SegmentKind::Compacted, |h| h.kind);
+        let seg = Segment::from_parts(id, kind, path, file, map, true, header.is_some_and(|h| h.recycled));
         Ok((seg, header))
     }
 

@@ -168,7 +168,9 @@ fn automatic_compaction_runs_in_bounded_ticks() {
     while s.stats().compacting || s.next_deadline().is_some_and(|d| d <= Instant::now()) {
         let t = Instant::now();
         s.tick(t).unwrap();
-        assert!(t.elapsed() < Duration::from_millis(50), "tick took {:?}", t.elapsed());
+        // Not a timing target (those live in benches/): a guard against a tick that blocks,
+        // e.g. waiting for the background commit, bounded loosely so a loaded CI never trips it.
+        assert!(t.elapsed() < Duration::from_secs(2), "tick took {:?}", t.elapsed());
         ticks += 1;
         assert!(ticks < 10_000);
         std::thread::sleep(Duration::from_micros(200));
@@ -494,12 +496,25 @@ fn compaction_steps_get_their_budget_even_when_the_callers_clock_is_old() {
         model.insert(key, val(i, 200));
     }
     let stale = Instant::now() - Duration::from_secs(1);
-    let mut ticks = 0;
-    while s.stats().compactions == 0 {
+    // Count only the ticks spent copying: that is where the budget applies. The commit that
+    // follows runs on the background thread and waits on the disk (fsync, rename), which on a
+    // loaded machine can take any time; it is waited for separately, with a generous bound.
+    // The old code, whose budget was spent before the step ran, copied 4 records per tick: it
+    // needed ~750 copying ticks here, where a 20 ms budget needs one or two.
+    let copying = |s: &Store| matches!(s.compaction, compaction::State::Copying(_));
+    s.tick(stale).unwrap();
+    assert!(s.stats().compacting, "compaction started on the first tick");
+    let mut ticks = 1;
+    while copying(&s) {
         s.tick(stale).unwrap();
         ticks += 1;
         assert!(ticks < 100, "compaction made almost no progress per tick ({ticks} ticks)");
-        std::thread::sleep(Duration::from_micros(200));
+    }
+    let start = Instant::now();
+    while s.stats().compactions == 0 {
+        s.tick(Instant::now()).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(60), "the compaction commit never finished");
+        std::thread::sleep(Duration::from_millis(1));
     }
     for (k, v) in &model {
         assert_eq!(s.get(k.as_bytes()).unwrap().value, &v[..]);

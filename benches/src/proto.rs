@@ -192,9 +192,14 @@ pub fn classify_resp<'a>(cmd: Cmd, reply: RespValue<'a>) -> Outcome<'a> {
 
 /// Classifies a decoded frame answering the request `(id, cmd)`. An id mismatch is
 /// reported as such: the caller must then give up on the connection, as the replies are
-/// out of step with the requests.
+/// out of step with the requests. An error reply with id 0 answers the request at the head
+/// all the same (PROTOCOL.md: the server could not trust the frame's header, or refuses the
+/// connection, as with BUSY), and counts as that status.
 pub fn classify_frame<'a>(protocol: Protocol, id: u64, cmd: Cmd, reply: &Frame<'a>) -> Outcome<'a> {
     if reply.id != id {
+        if reply.id == 0 && reply.is_reply() && reply.status() != Status::OK {
+            return Outcome::Error(ErrorKind::Status(reply.status()));
+        }
         return Outcome::Error(ErrorKind::IdMismatch);
     }
     if protocol == Protocol::Echo {
@@ -306,6 +311,16 @@ mod tests {
             classify_frame(t, 5, Cmd::Put, &put_missing),
             Outcome::Error(ErrorKind::Status(Status::NOT_FOUND))
         );
+        // Id 0: the server's answer to a frame it could not trust, or a refusal (BUSY).
+        let refused = Frame::reply_to(0, Command(0), Status::BUSY, b"too many connections");
+        assert_eq!(classify_frame(t, 5, Cmd::Get, &refused), Outcome::Error(ErrorKind::Status(Status::BUSY)));
+        let untrusted = Frame::reply_to(0, Command(0), Status::BAD_CHECKSUM, b"");
+        assert_eq!(
+            classify_frame(t, 5, Cmd::Put, &untrusted),
+            Outcome::Error(ErrorKind::Status(Status::BAD_CHECKSUM))
+        );
+        let ok_with_id_0 = Frame::reply_to(0, Command::GET, Status::OK, b"val");
+        assert_eq!(classify_frame(t, 5, Cmd::Get, &ok_with_id_0), Outcome::Error(ErrorKind::IdMismatch));
         // The echo server returns the request itself.
         assert_eq!(classify_frame(Protocol::Echo, 5, Cmd::Get, &request), Outcome::Ok(b""));
         assert_eq!(

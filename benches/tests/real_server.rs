@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
 
 use common::{bench, describe, json_lines};
 
@@ -50,9 +53,10 @@ fn a_second_against_tandem_server_counts_and_verifies_everything() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let lines = json_lines(&out);
     let tests: Vec<&str> = lines.iter().map(|l| l["test"].as_str().expect("test")).collect();
-    assert_eq!(tests, ["prefill", "PUT", "GET"]);
-    assert_eq!(lines[0]["ops"], 1000);
-    for line in &lines[1..] {
+    assert_eq!(tests, ["PUT", "GET"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("prefill: 1000 ops in "), "{stderr}");
+    for line in &lines {
         let ops = line["ops"].as_u64().expect("ops");
         assert!(ops > 100, "{line}");
         assert_eq!(line["requests"].as_u64(), Some(ops), "{line}");
@@ -62,4 +66,42 @@ fn a_second_against_tandem_server_counts_and_verifies_everything() {
             line["series"].as_array().expect("series").iter().map(|s| s["ops"].as_u64().unwrap_or(0)).sum();
         assert_eq!(series, ops);
     }
+}
+
+#[test]
+fn a_server_at_its_connection_limit_is_counted_as_busy() {
+    // The server refuses a connection over its limit with one BUSY reply carrying id 0
+    // (PROTOCOL.md) and closes it. That reply answers the request in flight: it must be
+    // counted as `status:BUSY`, not as a reply out of step (`id_mismatch`).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = server::Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        data_dir: dir.path().join("data"),
+        segment_len: 8 * 1024 * 1024,
+        max_connections: 1,
+        ..server::Config::default()
+    };
+    let server = server::Server::bind(config).expect("the server binds");
+    let addr = server.local_addr().to_string();
+    let shutdown = server.shutdown_handle();
+    let running = std::thread::spawn(move || server.run());
+    // Hold the one allowed connection, and wait until the server has registered it.
+    let mut holder = std::net::TcpStream::connect(&addr).expect("the one allowed connection");
+    let mut frame = [0u8; wire::FRAME_LEN];
+    wire::Frame::request(1, wire::Command::PING, b"", b"").encode(&mut frame).expect("encodes");
+    holder.write_all(&frame).expect("ping sent");
+    holder.read_exact(&mut frame).expect("ping answered");
+
+    let out =
+        bench(&["-s", &addr, "-c", "1", "-n", "5", "-t", "put", "--timeout-ms", "2000", "--json"], LIMIT);
+    drop(holder);
+    shutdown.shutdown();
+    running.join().expect("the server thread").expect("the server ran cleanly");
+
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let line = &json_lines(&out)[0];
+    let kinds = &line["errors_by_kind"];
+    assert_eq!(line["ops"], 0, "{line}");
+    assert_eq!(kinds["status:BUSY"], 5, "every request was refused: {line}");
+    assert!(kinds.get("id_mismatch").is_none(), "{line}");
 }

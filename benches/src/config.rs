@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
@@ -20,9 +20,11 @@ pub const VERIFY_HEADER_LEN: usize = 16;
 /// `tandem-bench`: load a Tandem server (or Redis, or the echo ceiling) and report honest
 /// throughput and latency.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "tandem-bench", version, about, long_about = None)]
+// Negative numbers are read as values, so that `--duration -1` is refused as a bad value.
+#[command(name = "tandem-bench", version, about, long_about = None, allow_negative_numbers = true)]
 #[command(after_help = "Exit status: 0 when every request succeeded, 1 when any error or timeout \
-occurred during the run, 2 for usage errors or an unreachable server.")]
+occurred during the run, 2 for usage errors, an unreachable server or a histogram file that could \
+not be written, 130 when interrupted.")]
 pub struct Args {
     /// The server to load, HOST:PORT.
     #[arg(short = 's', long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
@@ -117,12 +119,13 @@ pub struct Args {
     #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 5_000)]
     pub timeout_ms: u64,
 
-    /// Print CSV (a header, then one row per test and per command of mixed tests).
+    /// Print CSV (a header, then one row per test and per command of mixed tests; the
+    /// prefill's summary goes to stderr).
     #[arg(long, conflicts_with = "json")]
     pub csv: bool,
 
     /// Print one JSON object per test, one per line, with the configuration and a
-    /// per-second series.
+    /// per-second series (the prefill's summary goes to stderr).
     #[arg(long)]
     pub json: bool,
 
@@ -357,6 +360,14 @@ impl Config {
             }
             if args.keyspace < args.connections as u64 {
                 return Err(usage("--verify needs at least as many keys (-r) as connections (-c)"));
+            }
+        }
+
+        if let Some(path) = &args.hdr_out {
+            // Fail before the run, not after it, when the histogram cannot be written there.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(usage(format!("--hdr-out {}: no directory {}", path.display(), dir.display())));
             }
         }
 

@@ -38,6 +38,14 @@ fn usage_errors_and_cluster_mode_exit_2() {
     );
     let out = bench(&["--no-such-flag"], LIMIT);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    // A negative number is a bad value, not an unknown flag.
+    let out = bench(&["--duration", "-1"], LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration must be"), "{}", describe(&out));
+    // A histogram file that cannot be written is refused before the run, not after it.
+    let out = bench(&["-s", "127.0.0.1:1", "--hdr-out", "/nonexistent/dir/h.hgrm"], LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hdr-out"), "{}", describe(&out));
 }
 
 #[test]

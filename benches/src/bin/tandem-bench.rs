@@ -1,7 +1,8 @@
 //! `tandem-bench`: the load tool. Parses the flags, runs the phases, prints each test's
 //! results as it ends, and exits 0 (all good), 1 (errors or timeouts during the run), 2
-//! (usage error, unreachable server) or 130 (interrupted: the test under way is reported
-//! as partial, later ones are skipped; a second Ctrl-C exits at once).
+//! (usage error, unreachable server, a histogram file that could not be written) or 130
+//! (interrupted: the test under way is reported as partial, later ones are skipped; a second
+//! Ctrl-C exits at once).
 
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
@@ -67,6 +68,8 @@ fn main() -> ExitCode {
     let _ = out.flush();
     let show_progress = config.progress && io::stderr().is_terminal();
     let mut errors = 0;
+    // A histogram file that could not be written: the run's output is incomplete.
+    let mut unwritten = false;
     let mut phase_start = Instant::now();
     let mut phase_base_ops = 0;
     let mut last_tick = (Instant::now(), 0u64);
@@ -95,8 +98,11 @@ fn main() -> ExitCode {
                 }
                 let report = TestReport::new(&result, &config);
                 errors += report.errors;
+                // CSV and JSON carry one row / object per test: the prefill is not one, so its
+                // summary goes to stderr there.
                 let _ = match config.output {
                     Output::Human => report::write_human(&mut out, &report),
+                    _ if result.phase.is_prefill() => report::write_human(&mut io::stderr(), &report),
                     Output::Csv => report::write_csv(&mut out, &report),
                     Output::Json => report::write_json(&mut out, &report),
                 };
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
                         .and_then(|mut file| report::write_hgrm(&mut file, &report.histogram));
                     if let Err(e) = written {
                         eprintln!("tandem-bench: cannot write {}: {e}", path.display());
+                        unwritten = true;
                     }
                 }
                 phase_start = Instant::now();
@@ -122,6 +129,9 @@ fn main() -> ExitCode {
     if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
         eprintln!("tandem-bench: interrupted; the last test's results are partial");
         return ExitCode::from(130);
+    }
+    if unwritten {
+        return ExitCode::from(2);
     }
     if errors > 0 {
         return ExitCode::from(1);

@@ -97,6 +97,37 @@ fn errors_exit_2_with_one_clear_line() {
 }
 
 #[test]
+fn options_may_follow_the_command() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let addr = server.addr.to_string();
+    let run = |args: &[&str]| Command::new(bin("tandem-cli")).args(args).output().unwrap();
+    assert_eq!(code(&run(&["put", "k", "v", "--server", &addr])), 0);
+    let out = run(&["get", "k", "-s", &addr, "--json"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert!(stdout(&out).contains(r#""value":"v""#), "{out:?}");
+    assert_eq!(code(&run(&["get", "missing", "--server", &addr])), 1);
+    // A value that looks like a negative number is a value.
+    assert_eq!(code(&run(&["put", "n", "-5", "--server", &addr])), 0);
+    assert_eq!(stdout(&run(&["get", "n", "--server", &addr])), "-5\n");
+}
+
+#[test]
+fn bad_option_values_exit_2_before_connecting() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    for args in [&["-r", "0", "ping"][..], &["-i", "-1", "ping"], &["--timeout", "inf", "ping"]] {
+        let out = cli(&server, args);
+        assert_eq!(code(&out), 2, "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
+    let out = cli(&server, &["--auth-token", "/nonexistent/token", "ping"]);
+    assert_eq!(code(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read --auth-token") && err.lines().count() == 1, "{err}");
+}
+
+#[test]
 fn repeat_latency_and_pipe_modes() {
     let dir = temp_dir();
     let server = ServerProcess::start(&dir.path().join("data"), &[]);

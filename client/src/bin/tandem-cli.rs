@@ -19,44 +19,59 @@ use serde_json::{json, Value as Json};
 /// With a command, runs it and exits: 0 = OK/found, 1 = not found, 2 = error. Without one,
 /// opens an interactive prompt (type `help`).
 #[derive(Debug, Parser)]
-#[command(name = "tandem-cli", version)]
+// Options are global, so they may come after the command too (`tandem-cli get KEY --json`);
+// negative numbers are read as values, so `-i -1` is refused as a bad value, not as a flag.
+#[command(name = "tandem-cli", version, allow_negative_numbers = true)]
 struct Args {
     /// Server address.
-    #[arg(short, long, default_value = "127.0.0.1:7070", env = "TANDEM_SERVER", value_name = "ADDR")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "127.0.0.1:7070",
+        env = "TANDEM_SERVER",
+        value_name = "ADDR"
+    )]
     server: String,
 
     /// Print results as JSON, one object per result.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 
     /// Write values exactly as stored (no escaping, no newline), e.g. to redirect to a file.
-    #[arg(long)]
+    #[arg(long, global = true)]
     raw: bool,
 
     /// Seconds to wait for the connection and for each reply.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS", value_parser = seconds)]
     timeout: f64,
 
     /// File holding the token to AUTH with.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     auth_token: Option<PathBuf>,
 
     /// Run the command N times (with --latency: take N samples).
-    #[arg(short = 'r', long = "repeat", value_name = "N")]
+    #[arg(
+        short = 'r',
+        long = "repeat",
+        global = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     repeat: Option<u64>,
 
     /// Seconds between repetitions (default 0; with --latency 0.01).
-    #[arg(short = 'i', long = "interval", value_name = "SECS")]
+    #[arg(short = 'i', long = "interval", global = true, value_name = "SECS", value_parser = seconds)]
     interval: Option<f64>,
 
     /// Measure round-trip latency with repeated PINGs until interrupted (or -r N samples),
     /// then print min/avg/max and percentiles.
-    #[arg(long, conflicts_with = "pipe")]
+    #[arg(long, global = true, conflicts_with = "pipe")]
     latency: bool,
 
     /// Bulk-load: read `put KEY VALUE` (also `del KEY`, `append KEY VALUE`) lines from stdin
     /// and send them pipelined.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pipe: bool,
 
     #[command(subcommand)]
@@ -107,7 +122,18 @@ enum Outcome {
 
 struct Cli {
     args: Args,
+    /// The `--auth-token` file's contents, read once at start.
+    token: Option<Vec<u8>>,
     client: Option<Client>,
+}
+
+/// A number of seconds: finite, not negative, at most a year.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..=365.0 * 86400.0).contains(&secs) => Ok(secs),
+        Ok(_) => Err("must be between 0 and 31536000 seconds".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn bytes(s: &OsString) -> Vec<u8> {
@@ -185,12 +211,8 @@ impl Cli {
             let options =
                 Options { connect_timeout: timeout, io_timeout: Some(timeout), ..Options::default() };
             let mut client = Client::connect_with(self.args.server.as_str(), options)?;
-            if let Some(path) = &self.args.auth_token {
-                let token = std::fs::read(path).map_err(|e| ClientError::Connect {
-                    addr: format!("--auth-token {}", path.display()),
-                    source: e,
-                })?;
-                client.auth(token.trim_ascii())?;
+            if let Some(token) = &self.token {
+                client.auth(token)?;
             }
             self.client = Some(client);
         }
@@ -592,8 +614,18 @@ fn main() -> ExitCode {
         eprintln!("tandem-cli: --latency and --pipe take no command");
         return ExitCode::from(Outcome::Error as u8);
     }
+    let token = match &args.auth_token {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some(bytes.trim_ascii().to_vec()),
+            Err(e) => {
+                eprintln!("tandem-cli: cannot read --auth-token {}: {e}", path.display());
+                return ExitCode::from(Outcome::Error as u8);
+            }
+        },
+        None => None,
+    };
     let (latency, pipe) = (args.latency, args.pipe);
-    let mut cli = Cli { args, client: None };
+    let mut cli = Cli { args, token, client: None };
     let outcome = if latency {
         cli.latency()
     } else if pipe {

@@ -82,7 +82,8 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to clients.
     pub bytes_out: u64,
-    /// Group commits (storage syncs before replying) done.
+    /// Group commits (storage syncs before replying, `--fsync always`) done; the flushes of
+    /// `--fsync interval:MS` are the storage's `background_flushes`.
     pub syncs: u64,
     /// Time each loop iteration spent working (from poll's return to the next poll), µs.
     pub loop_busy_us: Log2Histogram,
@@ -131,6 +132,7 @@ impl Stats {
         line("storage_disk_bytes", &store.disk_bytes);
         line("storage_segments", &store.segments);
         line("storage_compactions", &store.compactions);
+        line("storage_background_flushes", &store.background_flushes);
         line("last_lsn", &store.last_lsn.0);
         line("durable_lsn", &store.durable_lsn.0);
         line("loop_iterations", &self.loop_busy_us.count());

@@ -305,6 +305,8 @@ pub struct Stats {
     pub log_start: Lsn,
     /// Bytes allocated by the index's hash table.
     pub index_bytes: u64,
+    /// Background flushes (`Durability::Interval`) completed since open.
+    pub background_flushes: u64,
 }
 
 /// An open data directory. See the crate docs for the durability contract.
@@ -339,6 +341,8 @@ pub struct Store {
     log_start: u64,
     worker: worker::Worker,
     flush_in_flight: bool,
+    /// Background flushes that succeeded.
+    background_flushes: u64,
     next_flush: Option<Instant>,
     recovery: RecoveryReport,
     /// The next log segment, created and prefaulted ahead of need by the background thread.
@@ -859,6 +863,7 @@ impl Store {
                     Ok(()) => {
                         self.apply_marks(marks);
                         self.durable_lsn = self.durable_lsn.max(lsn);
+                        self.background_flushes += 1;
                     }
                     Err(e) => {
                         self.poisoned = true;
@@ -967,6 +972,7 @@ impl Store {
             compacting: !matches!(self.compaction, compaction::State::Idle),
             log_start: Lsn(self.log_start),
             index_bytes: self.index.allocation_bytes() as u64,
+            background_flushes: self.background_flushes,
         }
     }
 

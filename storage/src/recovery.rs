@@ -555,6 +555,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
         log_start: 1,
         worker: crate::worker::Worker::start()?,
         flush_in_flight: false,
+        background_flushes: 0,
         next_flush: None,
         recovery: RecoveryReport::default(),
         prepared: None,

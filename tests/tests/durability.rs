@@ -179,4 +179,21 @@ fn fsync_always_commits_pipelined_writes_as_a_group() {
     let mut c = never.client();
     c.put(b"k", b"v").unwrap();
     assert_eq!(stat(&mut c, "syncs"), 0, "--fsync never does not sync on the request path");
+    assert_eq!(stat(&mut c, "storage_background_flushes"), 0);
+}
+
+#[test]
+fn fsync_interval_flushes_in_the_background_and_counts_it() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--fsync", "interval:5"]);
+    let mut c = server.client();
+    c.put(b"k", b"v").unwrap();
+    // Wait (bounded) for the flush the interval promises; the STATS counters show it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stat(&mut c, "durable_lsn") < stat(&mut c, "last_lsn") {
+        assert!(std::time::Instant::now() < deadline, "no background flush within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(stat(&mut c, "storage_background_flushes") >= 1);
+    assert_eq!(stat(&mut c, "syncs"), 0, "nothing synced on the request path");
 }

@@ -34,7 +34,7 @@ for _ in $(seq "$ROUNDS"); do
             sleep 0.05
         done
         [[ -n $ADDR ]] || { echo "ab.sh: $bin did not start" >&2; exit 1; }
-        "$BENCH" -s "$ADDR" "${ARGS[@]}" --prefill --warmup 1 -t put,get -q --json >"$WORK/json" || true
+        "$BENCH" -s "$ADDR" "${ARGS[@]}" --prefill --warmup 1 -t put,get -q --json >"$WORK/json" 2>"$WORK/err" || true
         kill "$PID"; wait "$PID" 2>/dev/null || true
         python3 - "$bin" "$WORK/json" <<'PY'
 import json, sys

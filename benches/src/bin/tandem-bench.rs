@@ -102,7 +102,13 @@ fn main() -> ExitCode {
                 // summary goes to stderr there.
                 let _ = match config.output {
                     Output::Human => report::write_human(&mut out, &report),
-                    _ if result.phase.is_prefill() => report::write_human(&mut io::stderr(), &report),
+                    _ if result.phase.is_prefill() => writeln!(
+                        io::stderr(),
+                        "tandem-bench: prefill: {} ops in {:.2} s, errors {}",
+                        report.ops,
+                        report.elapsed_s,
+                        report.errors
+                    ),
                     Output::Csv => report::write_csv(&mut out, &report),
                     Output::Json => report::write_json(&mut out, &report),
                 };

@@ -25,8 +25,9 @@
 //!    value whose overwrite has not been flushed yet, and deleting the input must not leave
 //!    neither. Crash before the rename: as in 2. After: see 4.
 //! 4. **Clean up** (background thread): rename each output to `*.seg`, fsync the directory, unmap
-//!    and delete the inputs (or rename up to two of them to `*.free`, a pool the next log segment
-//!    is recycled from; recovery deletes `*.free` like any leftover), fsync the directory, delete
+//!    and delete the inputs (or rename them to `*.free` while that pool holds fewer than eight
+//!    files: the next log segments are recycled from it; recovery deletes `*.free` like any
+//!    leftover), fsync the directory, delete
 //!    `COMPACT`. Crash anywhere here: on open,
 //!    recovery finds `COMPACT` and redoes these steps (they are idempotent) *before* scanning, so
 //!    a half-deleted input set can never be scanned. That matters: with one input deleted and

@@ -7,24 +7,46 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use common::{bench, describe, json_lines};
+
 const LIMIT: Duration = Duration::from_secs(30);
 
-use common::{bench, describe, json_lines};
+/// A `tandem-server` running on its own thread, on a free port, over a temporary directory.
+struct RunningServer {
+    addr: String,
+    shutdown: server::ShutdownHandle,
+    running: std::thread::JoinHandle<Result<(), server::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningServer {
+    fn start(max_connections: usize) -> RunningServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = server::Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: dir.path().join("data"),
+            segment_len: 8 * 1024 * 1024,
+            max_connections,
+            ..server::Config::default()
+        };
+        let server = server::Server::bind(config).expect("the server binds");
+        let addr = server.local_addr().to_string();
+        let shutdown = server.shutdown_handle();
+        let running = std::thread::spawn(move || server.run());
+        RunningServer { addr, shutdown, running, _dir: dir }
+    }
+
+    /// Stops the server and checks that it ran cleanly.
+    fn stop(self) {
+        self.shutdown.shutdown();
+        self.running.join().expect("the server thread").expect("the server ran cleanly");
+    }
+}
 
 #[test]
 fn a_second_against_tandem_server_counts_and_verifies_everything() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = server::Config {
-        listen: ([127, 0, 0, 1], 0).into(),
-        data_dir: dir.path().join("data"),
-        segment_len: 8 * 1024 * 1024,
-        ..server::Config::default()
-    };
-    let server = server::Server::bind(config).expect("the server binds");
-    let addr = server.local_addr().to_string();
-    let shutdown = server.shutdown_handle();
-    let running = std::thread::spawn(move || server.run());
-
+    let server = RunningServer::start(server::Config::default().max_connections);
+    let addr = server.addr.clone();
     let out = bench(
         &[
             "-s",
@@ -45,10 +67,9 @@ fn a_second_against_tandem_server_counts_and_verifies_everything() {
             "put,get",
             "--json",
         ],
-        Duration::from_secs(30),
+        LIMIT,
     );
-    shutdown.shutdown();
-    running.join().expect("the server thread").expect("the server ran cleanly");
+    server.stop();
 
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let lines = json_lines(&out);
@@ -73,18 +94,8 @@ fn a_server_at_its_connection_limit_is_counted_as_busy() {
     // The server refuses a connection over its limit with one BUSY reply carrying id 0
     // (PROTOCOL.md) and closes it. That reply answers the request in flight: it must be
     // counted as `status:BUSY`, not as a reply out of step (`id_mismatch`).
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = server::Config {
-        listen: ([127, 0, 0, 1], 0).into(),
-        data_dir: dir.path().join("data"),
-        segment_len: 8 * 1024 * 1024,
-        max_connections: 1,
-        ..server::Config::default()
-    };
-    let server = server::Server::bind(config).expect("the server binds");
-    let addr = server.local_addr().to_string();
-    let shutdown = server.shutdown_handle();
-    let running = std::thread::spawn(move || server.run());
+    let server = RunningServer::start(1);
+    let addr = server.addr.clone();
     // Hold the one allowed connection, and wait until the server has registered it.
     let mut holder = std::net::TcpStream::connect(&addr).expect("the one allowed connection");
     let mut frame = [0u8; wire::FRAME_LEN];
@@ -95,8 +106,7 @@ fn a_server_at_its_connection_limit_is_counted_as_busy() {
     let out =
         bench(&["-s", &addr, "-c", "1", "-n", "5", "-t", "put", "--timeout-ms", "2000", "--json"], LIMIT);
     drop(holder);
-    shutdown.shutdown();
-    running.join().expect("the server thread").expect("the server ran cleanly");
+    server.stop();
 
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let line = &json_lines(&out)[0];

@@ -76,7 +76,7 @@ impl Command {
 
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
+        match self.name().or_else(|| crate::cluster::command_name(*self)) {
             Some(name) => f.write_str(name),
             None => write!(f, "Command({:#x})", self.0),
         }

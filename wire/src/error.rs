@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::{Command, Status};
+use crate::{Command, Framing, Status};
 
 /// Why bytes are not an acceptable frame, or a frame not an acceptable request.
 ///
@@ -32,6 +32,16 @@ pub enum DecodeError {
         stored: u32,
         /// CRC computed over the frame.
         computed: u32,
+    },
+    /// A compact frame declares `key_len` above [`crate::MAX_KEY_LEN`] or `key_len +
+    /// value_len` above [`crate::MAX_PAYLOAD_LEN`]. Only [`crate::Frame::decode_compact`]
+    /// reports it: the lengths say where a compact frame ends, so they are checked before the
+    /// checksum that would vouch for them, and the id is not trusted.
+    BadCompactLength {
+        /// The declared key length.
+        key_len: u32,
+        /// The declared value length.
+        value_len: u32,
     },
     /// `key_len` is above [`crate::MAX_KEY_LEN`].
     KeyTooLong {
@@ -87,7 +97,8 @@ impl DecodeError {
             DecodeError::WrongLength { .. }
             | DecodeError::BadMagic { .. }
             | DecodeError::UnsupportedVersion { .. }
-            | DecodeError::BadChecksum { .. } => None,
+            | DecodeError::BadChecksum { .. }
+            | DecodeError::BadCompactLength { .. } => None,
             DecodeError::KeyTooLong { id, .. }
             | DecodeError::PayloadTooLong { id, .. }
             | DecodeError::ReservedFlags { id, .. }
@@ -103,6 +114,7 @@ impl DecodeError {
             DecodeError::WrongLength { .. }
             | DecodeError::BadMagic { .. }
             | DecodeError::PayloadTooLong { .. }
+            | DecodeError::BadCompactLength { .. }
             | DecodeError::ReservedFlags { .. } => Status::BAD_FRAME,
             DecodeError::UnsupportedVersion { .. } | DecodeError::Continued { .. } => Status::UNSUPPORTED,
             DecodeError::BadChecksum { .. } => Status::BAD_CHECKSUM,
@@ -115,13 +127,40 @@ impl DecodeError {
     /// Whether the byte stream can no longer be trusted to be aligned on our frames, so the
     /// receiver should answer once and close the connection. Every other error spoils only
     /// its own frame: frames are fixed-size, so the next one starts 4096 bytes later.
+    ///
+    /// This is [`DecodeError::is_fatal_for`] with [`Framing::Fixed`]; a compact stream must
+    /// ask that instead, because there a bad checksum is fatal too.
     pub const fn is_fatal(&self) -> bool {
-        matches!(
-            self,
+        self.is_fatal_for(Framing::Fixed)
+    }
+
+    /// Whether, on a stream framed with `framing`, the receiver should answer once and close
+    /// the connection (or, for a datagram, give up on that datagram) because it can no longer
+    /// tell where the next frame starts.
+    ///
+    /// Both framings lose the stream on bad magic or version. A fixed frame keeps its
+    /// boundary whatever its contents, so nothing else is fatal there. A compact frame ends
+    /// where its lengths say, so an impossible length, and a bad checksum (which may be a
+    /// damaged length), lose the boundary as well; errors found once the checksum has
+    /// vouched for the lengths (flags, command, command rules) spoil only their frame.
+    pub const fn is_fatal_for(&self, framing: Framing) -> bool {
+        match self {
+            // BadCompactLength never comes from fixed decoding; wherever it is seen, the
+            // boundary it should have given is lost.
             DecodeError::WrongLength { .. }
-                | DecodeError::BadMagic { .. }
-                | DecodeError::UnsupportedVersion { .. }
-        )
+            | DecodeError::BadMagic { .. }
+            | DecodeError::UnsupportedVersion { .. }
+            | DecodeError::BadCompactLength { .. } => true,
+            // Length errors cannot come from compact decoding (it reports BadCompactLength),
+            // but they are errors about the boundary, so they are classed with it.
+            DecodeError::BadChecksum { .. }
+            | DecodeError::KeyTooLong { .. }
+            | DecodeError::PayloadTooLong { .. } => matches!(framing, Framing::Compact),
+            DecodeError::ReservedFlags { .. }
+            | DecodeError::Continued { .. }
+            | DecodeError::UnknownCommand { .. }
+            | DecodeError::BadRequest { .. } => false,
+        }
     }
 }
 
@@ -140,6 +179,13 @@ impl fmt::Display for DecodeError {
             DecodeError::BadChecksum { stored, computed } => {
                 write!(f, "checksum mismatch: frame says {stored:#010x}, contents give {computed:#010x}")
             }
+            DecodeError::BadCompactLength { key_len, value_len } => write!(
+                f,
+                "compact frame declares key {key_len} + value {value_len} bytes, beyond the limits \
+                 (key at most {}, key + value at most {})",
+                crate::MAX_KEY_LEN,
+                crate::MAX_PAYLOAD_LEN
+            ),
             DecodeError::KeyTooLong { id, len } => {
                 write!(f, "frame {id}: key of {len} bytes exceeds the limit of {}", crate::MAX_KEY_LEN)
             }
@@ -169,7 +215,8 @@ impl std::error::Error for DecodeError {}
 /// Why a frame could not be encoded. Nothing is written to the output when this is returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncodeError {
-    /// The output buffer is shorter than [`crate::FRAME_LEN`].
+    /// The output buffer is shorter than the encoded frame: [`crate::FRAME_LEN`], or for
+    /// compact framing [`crate::Frame::encoded_len`].
     BufferTooSmall {
         /// Bytes available.
         len: usize,
@@ -197,7 +244,12 @@ impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             EncodeError::BufferTooSmall { len } => {
-                write!(f, "output buffer of {len} bytes cannot hold a {}-byte frame", crate::FRAME_LEN)
+                write!(
+                    f,
+                    "output buffer of {len} bytes cannot hold the frame ({} bytes, or header + key + \
+                     value when compact)",
+                    crate::FRAME_LEN
+                )
             }
             EncodeError::KeyTooLong { len } => {
                 write!(f, "key of {len} bytes exceeds the limit of {}", crate::MAX_KEY_LEN)
@@ -213,3 +265,63 @@ impl fmt::Display for EncodeError {
 }
 
 impl std::error::Error for EncodeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_closes_the_stream_depends_on_the_framing() {
+        let get = Command::GET;
+        // (error, status, trusted id, fatal when fixed, fatal when compact)
+        let table = [
+            (DecodeError::BadMagic { found: *b"XDM" }, Status::BAD_FRAME, None, true, true),
+            (DecodeError::UnsupportedVersion { found: 2 }, Status::UNSUPPORTED, None, true, true),
+            (
+                DecodeError::BadCompactLength { key_len: 1025, value_len: 0 },
+                Status::BAD_FRAME,
+                None,
+                true,
+                true,
+            ),
+            (DecodeError::BadChecksum { stored: 1, computed: 2 }, Status::BAD_CHECKSUM, None, false, true),
+            (DecodeError::KeyTooLong { id: 4, len: 1025 }, Status::TOO_LARGE, Some(4), false, true),
+            (
+                DecodeError::PayloadTooLong { id: 4, key_len: 1, value_len: 4048 },
+                Status::BAD_FRAME,
+                Some(4),
+                false,
+                true,
+            ),
+            (DecodeError::ReservedFlags { id: 4, flags: 8 }, Status::BAD_FRAME, Some(4), false, false),
+            (DecodeError::Continued { id: 4 }, Status::UNSUPPORTED, Some(4), false, false),
+            (
+                DecodeError::UnknownCommand { id: 4, command: 0x3f },
+                Status::UNKNOWN_COMMAND,
+                Some(4),
+                false,
+                false,
+            ),
+            (
+                DecodeError::BadRequest { id: 4, command: get, reason: "r" },
+                Status::BAD_REQUEST,
+                Some(4),
+                false,
+                false,
+            ),
+        ];
+        for (e, status, id, fixed, compact) in table {
+            assert_eq!(
+                (
+                    e.status(),
+                    e.trusted_id(),
+                    e.is_fatal(),
+                    e.is_fatal_for(Framing::Fixed),
+                    e.is_fatal_for(Framing::Compact)
+                ),
+                (status, id, fixed, fixed, compact),
+                "{e:?}"
+            );
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use bytes::BufMut;
 
 use crate::header::*;
-use crate::{Command, DecodeError, EncodeError, Flags, Status};
+use crate::{Command, DecodeError, EncodeError, Flags, Framing, Status};
 
 /// One frame: the header's fields and the payload's key and value.
 ///
@@ -28,15 +28,17 @@ pub struct Frame<'a> {
     pub value: &'a [u8],
 }
 
+// Generic over the array length so the same readers serve a whole fixed frame and the bare
+// header of a compact one; the offsets are constants inside the header, so they never fail.
 #[inline]
-fn read_u32(frame: &[u8; FRAME_LEN], offset: usize) -> u32 {
+fn read_u32<const N: usize>(frame: &[u8; N], offset: usize) -> u32 {
     let mut field = [0u8; 4];
     field.copy_from_slice(&frame[offset..offset + 4]);
     u32::from_le_bytes(field)
 }
 
 #[inline]
-fn read_u64(frame: &[u8; FRAME_LEN], offset: usize) -> u64 {
+fn read_u64<const N: usize>(frame: &[u8; N], offset: usize) -> u64 {
     let mut field = [0u8; 8];
     field.copy_from_slice(&frame[offset..offset + 8]);
     u64::from_le_bytes(field)
@@ -48,6 +50,34 @@ fn read_u64(frame: &[u8; FRAME_LEN], offset: usize) -> u64 {
 fn crc_end(key_len: u32, value_len: u32) -> usize {
     let end = HEADER_LEN as u64 + u64::from(key_len) + u64::from(value_len);
     end.min(FRAME_LEN as u64) as usize
+}
+
+/// The length of the compact frame whose lengths are `key_len` and `value_len`, or `None`
+/// when they break a limit. Computed in `u64` so that no declared length can overflow.
+#[inline]
+const fn compact_len(key_len: u32, value_len: u32) -> Option<usize> {
+    let payload = key_len as u64 + value_len as u64;
+    if key_len as u64 > MAX_KEY_LEN as u64 || payload > MAX_PAYLOAD_LEN as u64 {
+        None
+    } else {
+        Some(HEADER_LEN + payload as usize)
+    }
+}
+
+/// The declared key and value lengths at the front of `buf`, once the bytes holding them have
+/// arrived: they come before the timestamp, so a bad length is seen before the header is whole.
+#[inline]
+fn declared_lengths(buf: &[u8]) -> Option<(u32, u32)> {
+    let field = |at: usize| buf.get(at..)?.first_chunk::<4>().map(|b| u32::from_le_bytes(*b));
+    Some((field(KEY_LEN_OFFSET)?, field(VALUE_LEN_OFFSET)?))
+}
+
+/// The length of the compact frame at the front of `buf` as its header declares it, when the
+/// lengths have arrived and are within the limits. [`crate::CompactReader`] uses it to step
+/// over a frame that failed a check made after the checksum, whose lengths are thus trusted.
+pub(crate) fn declared_compact_len(buf: &[u8]) -> Option<usize> {
+    let (key_len, value_len) = declared_lengths(buf)?;
+    compact_len(key_len, value_len)
 }
 
 impl<'a> Frame<'a> {
@@ -117,7 +147,8 @@ impl<'a> Frame<'a> {
         if key_len as usize > MAX_KEY_LEN {
             return Err(DecodeError::KeyTooLong { id, len: key_len });
         }
-        if key_len as usize + value_len as usize > MAX_PAYLOAD_LEN {
+        // In u64: on a 32-bit target two declared u32 lengths could overflow `usize`.
+        if u64::from(key_len) + u64::from(value_len) > MAX_PAYLOAD_LEN as u64 {
             return Err(DecodeError::PayloadTooLong { id, key_len, value_len });
         }
         let flags = Flags(read_u32(frame, FLAGS_OFFSET));
@@ -144,6 +175,87 @@ impl<'a> Frame<'a> {
         match <&[u8; FRAME_LEN]>::try_from(bytes) {
             Ok(frame) => Frame::decode(frame),
             Err(_) => Err(DecodeError::WrongLength { len: bytes.len() }),
+        }
+    }
+
+    /// Decodes the compact frame at the front of `buf` (header, key, value, no padding)
+    /// without copying its payload, and returns it with the number of bytes it used.
+    ///
+    /// Returns `Ok(None)` while `buf` holds less than a whole frame: read more and call again
+    /// with the same bytes at the front. Bytes after the frame are left alone, so `buf` may
+    /// hold several frames back to back.
+    ///
+    /// Checks, in order, each as soon as the bytes it reads are in `buf`: magic (3 bytes),
+    /// version (4), key and value lengths (40), then, once the whole frame is there, checksum
+    /// and flags. The lengths come before the checksum because they say where the frame (and
+    /// so the checksummed range) ends; an impossible length cannot wait for a frame that would
+    /// never end, so it is [`DecodeError::BadCompactLength`] with no trusted id. As with
+    /// [`Frame::decode`], the command is left to [`crate::Request::parse`].
+    ///
+    /// A datagram carries exactly one frame: its receiver must also refuse `Ok(None)` (the
+    /// datagram was cut short) and a returned length other than the datagram's.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the first check that failed; whether the stream survives it
+    /// is [`DecodeError::is_fatal_for`] with [`Framing::Compact`]. No input makes this panic.
+    pub fn decode_compact(buf: &'a [u8]) -> Result<Option<(Frame<'a>, usize)>, DecodeError> {
+        let Some(&magic) = buf.first_chunk::<3>() else {
+            return Ok(None);
+        };
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic { found: magic });
+        }
+        let Some(&version) = buf.get(VERSION_OFFSET) else {
+            return Ok(None);
+        };
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion { found: version });
+        }
+        let Some((key_len, value_len)) = declared_lengths(buf) else {
+            return Ok(None);
+        };
+        let Some(len) = compact_len(key_len, value_len) else {
+            return Err(DecodeError::BadCompactLength { key_len, value_len });
+        };
+        let Some(frame) = buf.get(..len) else {
+            return Ok(None);
+        };
+        // `len` is at least HEADER_LEN, so the split always succeeds.
+        let Some((header, payload)) = frame.split_first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let stored = read_u32(header, CRC_OFFSET);
+        let computed = crc32fast::hash(&frame[CRC_START..]);
+        if stored != computed {
+            return Err(DecodeError::BadChecksum { stored, computed });
+        }
+        let id = read_u64(header, ID_OFFSET);
+        let flags = Flags(read_u32(header, FLAGS_OFFSET));
+        if flags.0 & Flags::RESERVED.0 != 0 {
+            return Err(DecodeError::ReservedFlags { id, flags: flags.0 });
+        }
+        // compact_len checked key_len + value_len == payload.len(), so key_len is in range.
+        let (key, value) = payload.split_at(key_len as usize);
+        let frame = Frame {
+            id,
+            command: Command(read_u32(header, COMMAND_OFFSET)),
+            flags,
+            param: read_u64(header, PARAM_OFFSET),
+            timestamp: read_u64(header, TIMESTAMP_OFFSET),
+            key,
+            value,
+        };
+        Ok(Some((frame, len)))
+    }
+
+    /// Bytes the frame takes on the wire with `framing`: always [`FRAME_LEN`] for
+    /// [`Framing::Fixed`], header plus key plus value for [`Framing::Compact`]. Meaningful
+    /// for frames within the limits ([`Frame::validate`]), which are all a sender may send.
+    pub const fn encoded_len(&self, framing: Framing) -> usize {
+        match framing {
+            Framing::Fixed => FRAME_LEN,
+            // Saturating: a frame over the limits must not overflow before validate refuses it.
+            Framing::Compact => HEADER_LEN.saturating_add(self.key.len()).saturating_add(self.value.len()),
         }
     }
 
@@ -178,6 +290,29 @@ impl<'a> Frame<'a> {
         h
     }
 
+    /// The header with its checksum filled in, computed piecewise over header, key and value
+    /// so that appending to a [`BufMut`] needs no temporary frame.
+    fn checksummed_header(&self) -> [u8; HEADER_LEN] {
+        let mut header = self.header();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header[CRC_START..]);
+        crc.update(self.key);
+        crc.update(self.value);
+        header[CRC_OFFSET..ID_OFFSET].copy_from_slice(&crc.finalize().to_le_bytes());
+        header
+    }
+
+    /// Writes header, key and value (the compact frame, which is also the fixed frame before
+    /// its padding) into `out`, which must be exactly that long; the frame must be valid.
+    fn write_unpadded(&self, out: &mut [u8]) {
+        out[..HEADER_LEN].copy_from_slice(&self.header());
+        let key_end = PAYLOAD_OFFSET + self.key.len();
+        out[PAYLOAD_OFFSET..key_end].copy_from_slice(self.key);
+        out[key_end..].copy_from_slice(self.value);
+        let crc = crc32fast::hash(&out[CRC_START..]);
+        out[CRC_OFFSET..ID_OFFSET].copy_from_slice(&crc.to_le_bytes());
+    }
+
     /// Encodes the frame into the first [`FRAME_LEN`] bytes of `out`, padding with zeros,
     /// and returns [`FRAME_LEN`]. `out` can be reused from frame to frame.
     ///
@@ -189,15 +324,28 @@ impl<'a> Frame<'a> {
         let Some(out) = out.first_chunk_mut::<FRAME_LEN>() else {
             return Err(EncodeError::BufferTooSmall { len: out.len() });
         };
-        out[..HEADER_LEN].copy_from_slice(&self.header());
-        let key_end = PAYLOAD_OFFSET + self.key.len();
-        let value_end = key_end + self.value.len();
-        out[PAYLOAD_OFFSET..key_end].copy_from_slice(self.key);
-        out[key_end..value_end].copy_from_slice(self.value);
-        out[value_end..].fill(0);
-        let crc = crc32fast::hash(&out[CRC_START..value_end]);
-        out[CRC_OFFSET..ID_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        let (frame, padding) = out.split_at_mut(self.encoded_len(Framing::Compact));
+        self.write_unpadded(frame);
+        padding.fill(0);
         Ok(FRAME_LEN)
+    }
+
+    /// Encodes the frame compactly (header, key, value, no padding) into the front of `out`
+    /// and returns the length written, [`Frame::encoded_len`] with [`Framing::Compact`].
+    /// The bytes are those of [`Frame::encode`] up to the end of the value.
+    ///
+    /// # Errors
+    /// When `out` is shorter than the frame or the frame breaks a limit
+    /// ([`Frame::validate`]); `out` is then left untouched.
+    pub fn encode_compact(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        self.validate()?;
+        let len = self.encoded_len(Framing::Compact);
+        let out_len = out.len();
+        let Some(frame) = out.get_mut(..len) else {
+            return Err(EncodeError::BufferTooSmall { len: out_len });
+        };
+        self.write_unpadded(frame);
+        Ok(len)
     }
 
     /// Appends the encoded frame to a [`BufMut`] (a `Vec<u8>`, a `BytesMut`, ...).
@@ -210,16 +358,26 @@ impl<'a> Frame<'a> {
         if buf.remaining_mut() < FRAME_LEN {
             return Err(EncodeError::BufferTooSmall { len: buf.remaining_mut() });
         }
-        let mut header = self.header();
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&header[CRC_START..]);
-        crc.update(self.key);
-        crc.update(self.value);
-        header[CRC_OFFSET..ID_OFFSET].copy_from_slice(&crc.finalize().to_le_bytes());
-        buf.put_slice(&header);
+        buf.put_slice(&self.checksummed_header());
         buf.put_slice(self.key);
         buf.put_slice(self.value);
         buf.put_bytes(0, MAX_PAYLOAD_LEN - self.key.len() - self.value.len());
+        Ok(())
+    }
+
+    /// Appends the compact frame to a [`BufMut`]: the bytes of [`Frame::encode_compact`].
+    ///
+    /// # Errors
+    /// When the frame breaks a limit, or `buf` has less room than the frame's length;
+    /// nothing is written then.
+    pub fn encode_compact_to<B: BufMut>(&self, buf: &mut B) -> Result<(), EncodeError> {
+        self.validate()?;
+        if buf.remaining_mut() < self.encoded_len(Framing::Compact) {
+            return Err(EncodeError::BufferTooSmall { len: buf.remaining_mut() });
+        }
+        buf.put_slice(&self.checksummed_header());
+        buf.put_slice(self.key);
+        buf.put_slice(self.value);
         Ok(())
     }
 }
@@ -332,5 +490,84 @@ mod tests {
         let bad = Frame::reply(&req, Status::BAD_REQUEST, b"why");
         assert_eq!(bad.flags, Flags::REPLY | Flags::ERROR);
         assert_eq!(bad.status(), Status::BAD_REQUEST);
+    }
+
+    #[test]
+    fn compact_is_the_fixed_frame_without_its_padding() {
+        let frame = Frame::request(9, Command::APPEND, b"key", &[7u8; 100]).with_param(42);
+        let len = frame.encoded_len(Framing::Compact);
+        assert_eq!(len, HEADER_LEN + 103);
+        assert_eq!(frame.encoded_len(Framing::Fixed), FRAME_LEN);
+        let mut out = [0xAAu8; FRAME_LEN];
+        assert_eq!(frame.encode_compact(&mut out), Ok(len));
+        assert_eq!(&out[..len], &encoded(&frame)[..len]);
+        assert!(out[len..].iter().all(|&b| b == 0xAA), "nothing written past the frame");
+        let mut v = Vec::new();
+        frame.encode_compact_to(&mut v).unwrap();
+        assert_eq!(v, &out[..len]);
+        assert_eq!(Frame::decode_compact(&out), Ok(Some((frame, len))), "trailing bytes are not read");
+    }
+
+    #[test]
+    fn compact_encode_refuses_without_writing() {
+        let frame = Frame::request(1, Command::PUT, b"k", b"v");
+        let mut out = [0u8; HEADER_LEN + 1];
+        assert_eq!(frame.encode_compact(&mut out), Err(EncodeError::BufferTooSmall { len: HEADER_LEN + 1 }));
+        assert_eq!(out, [0u8; HEADER_LEN + 1]);
+        let mut room = [0u8; HEADER_LEN + 1];
+        let mut slice = &mut room[..];
+        assert_eq!(
+            frame.encode_compact_to(&mut slice),
+            Err(EncodeError::BufferTooSmall { len: HEADER_LEN + 1 })
+        );
+        assert_eq!(room, [0u8; HEADER_LEN + 1]);
+        let long_key = [b'k'; MAX_KEY_LEN + 1];
+        let mut big = [0u8; 2 * FRAME_LEN];
+        let bad = Frame::request(1, Command::PUT, &long_key, b"");
+        assert_eq!(bad.encode_compact(&mut big), Err(EncodeError::KeyTooLong { len: MAX_KEY_LEN + 1 }));
+        assert_eq!(
+            bad.encode_compact_to(&mut Vec::new()),
+            Err(EncodeError::KeyTooLong { len: MAX_KEY_LEN + 1 })
+        );
+        assert!(big.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn compact_checks_run_as_soon_as_their_bytes_arrive() {
+        let frame = Frame::request(3, Command::PUT, b"key", b"value");
+        let mut good = [0u8; HEADER_LEN + 8];
+        frame.encode_compact(&mut good).unwrap();
+        assert_eq!(Frame::decode_compact(b"XD"), Ok(None));
+        assert_eq!(Frame::decode_compact(b"XDM"), Err(DecodeError::BadMagic { found: *b"XDM" }));
+        assert_eq!(Frame::decode_compact(b"TDM"), Ok(None));
+        assert_eq!(Frame::decode_compact(b"TDM\x02"), Err(DecodeError::UnsupportedVersion { found: 2 }));
+        let mut bad = good;
+        bad[KEY_LEN_OFFSET..VALUE_LEN_OFFSET].copy_from_slice(&1025u32.to_le_bytes());
+        assert_eq!(Frame::decode_compact(&bad[..TIMESTAMP_OFFSET - 1]), Ok(None));
+        let err = DecodeError::BadCompactLength { key_len: 1025, value_len: 5 };
+        assert_eq!(Frame::decode_compact(&bad[..TIMESTAMP_OFFSET]), Err(err));
+        assert_eq!(
+            (err.status(), err.trusted_id(), err.is_fatal_for(Framing::Compact)),
+            (Status::BAD_FRAME, None, true)
+        );
+        bad = good;
+        bad[VALUE_LEN_OFFSET..TIMESTAMP_OFFSET].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Frame::decode_compact(&bad[..TIMESTAMP_OFFSET]),
+            Err(DecodeError::BadCompactLength { key_len: 3, value_len: u32::MAX })
+        );
+        for len in 0..good.len() {
+            assert_eq!(Frame::decode_compact(&good[..len]), Ok(None), "prefix of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn compact_limits_are_inclusive() {
+        let key = [b'k'; MAX_KEY_LEN];
+        let value = [b'v'; MAX_PAYLOAD_LEN - MAX_KEY_LEN];
+        let frame = Frame::request(1, Command::PUT, &key, &value);
+        let mut out = [0u8; FRAME_LEN];
+        assert_eq!(frame.encode_compact(&mut out), Ok(FRAME_LEN));
+        assert_eq!(Frame::decode_compact(&out), Ok(Some((frame, FRAME_LEN))));
     }
 }

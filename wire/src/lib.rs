@@ -1,4 +1,5 @@
-//! Tandem's wire codec: every message, request or reply, is one fixed 4096-byte frame.
+//! Tandem's wire codec: every message, request or reply, is one frame, 4096 bytes by default
+//! or, between servers, compact (the same frame without its padding).
 //!
 //! The crate does no I/O, reads no clock and allocates nothing on decode. Decoding borrows
 //! the key and value from the caller's bytes; encoding writes into memory the caller owns
@@ -27,6 +28,8 @@
 //! - [`Command`], [`Flags`], [`Status`]: the codes that fill the header.
 //! - [`Request`]: a decoded frame checked against the rules of its command.
 //! - [`FrameReader`]: turns whatever a socket read delivered into whole frames.
+//! - [`Framing`], [`Frame::decode_compact`], [`CompactReader`]: the same frames without the
+//!   padding, for links between servers and coordinator datagrams.
 //! - [`DecodeError`], [`EncodeError`]: every way a frame can be bad.
 //!
 //! # Example
@@ -53,7 +56,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod codes;
+mod compact;
 mod error;
 mod frame;
 pub mod header;
@@ -61,6 +66,7 @@ mod request;
 mod stream;
 
 pub use codes::{Command, Flags, Status};
+pub use compact::{CompactReader, Framing};
 pub use error::{DecodeError, EncodeError};
 pub use frame::Frame;
 pub use header::{FRAME_LEN, HEADER_LEN, MAX_KEY_LEN, MAX_PAYLOAD_LEN, VERSION};

@@ -6,15 +6,21 @@
 
 use std::fmt::Write as _;
 
-use wire::header::{CRC_OFFSET, CRC_START, FLAGS_OFFSET, KEY_LEN_OFFSET, VALUE_LEN_OFFSET, VERSION_OFFSET};
-use wire::{Command, DecodeError, Flags, Frame, Request, Status, FRAME_LEN, MAX_KEY_LEN, MAX_PAYLOAD_LEN};
+use wire::header::{
+    CRC_OFFSET, CRC_START, FLAGS_OFFSET, KEY_LEN_OFFSET, TIMESTAMP_OFFSET, VALUE_LEN_OFFSET, VERSION_OFFSET,
+};
+use wire::{
+    Command, DecodeError, Flags, Frame, Framing, Request, Status, FRAME_LEN, MAX_KEY_LEN, MAX_PAYLOAD_LEN,
+};
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors.txt");
 
 struct Case {
     name: &'static str,
     note: &'static str,
-    bytes: [u8; FRAME_LEN],
+    framing: Framing,
+    /// A whole fixed frame, or for compact framing exactly the bytes sent.
+    bytes: Vec<u8>,
 }
 
 fn encode(frame: Frame<'_>) -> [u8; FRAME_LEN] {
@@ -44,8 +50,13 @@ fn cases() -> Vec<Case> {
     let long_key = [b'k'; MAX_KEY_LEN];
     let full_value = [b'v'; MAX_PAYLOAD_LEN - 3];
     let put = Frame::request(0x0102030405060708, Command::PUT, b"key", b"value");
-    let c = |name, note, bytes| Case { name, note, bytes };
-    vec![
+    let c = |name, note, bytes: [u8; FRAME_LEN]| Case {
+        name,
+        note,
+        framing: Framing::Fixed,
+        bytes: bytes.to_vec(),
+    };
+    let mut cases = vec![
         c("ping", "PING with no payload", encode(Frame::request(1, Command::PING, b"", b""))),
         c("ping-payload", "PING echoes its value", encode(Frame::request(2, Command::PING, b"", b"hello"))),
         c("get", "GET of key \"fruit\"", encode(Frame::request(3, Command::GET, b"fruit", b""))),
@@ -152,6 +163,120 @@ fn cases() -> Vec<Case> {
             "a request that sets REPLY",
             patched(Frame::request(18, Command::GET, b"k", b""), FLAGS_OFFSET, &1u32.to_le_bytes(), true),
         ),
+    ];
+    cases.extend(compact_cases());
+    cases
+}
+
+fn encode_compact(frame: Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame.encode_compact_to(&mut out).expect("case frames are valid");
+    out
+}
+
+/// Rewrites the checksum over the range the declared lengths give, as far as the bytes go.
+fn refresh_compact_crc(bytes: &mut [u8]) {
+    let len = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as u64;
+    let end = (48 + len(KEY_LEN_OFFSET) + len(VALUE_LEN_OFFSET)).min(bytes.len() as u64) as usize;
+    let crc = crc32fast::hash(&bytes[CRC_START..end]);
+    bytes[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn patched_compact(frame: Frame<'_>, at: usize, patch: &[u8], fix_crc: bool) -> Vec<u8> {
+    let mut bytes = encode_compact(frame);
+    bytes[at..at + patch.len()].copy_from_slice(patch);
+    if fix_crc {
+        refresh_compact_crc(&mut bytes);
+    }
+    bytes
+}
+
+/// Compact framing: `hex` is exactly the bytes sent, and a receiver closes on any error
+/// found before the checksum passed.
+fn compact_cases() -> Vec<Case> {
+    let put = Frame::request(0x0102030405060708, Command::PUT, b"key", b"value");
+    let c = |name, note, bytes| Case { name, note, framing: Framing::Compact, bytes };
+    let mut short_put = encode_compact(put);
+    short_put.pop();
+    let mut early_bad_length = patched_compact(put, KEY_LEN_OFFSET, &1025u32.to_le_bytes(), false);
+    early_bad_length.truncate(TIMESTAMP_OFFSET);
+    vec![
+        c(
+            "compact-ping",
+            "PING with no payload: the 48-byte header alone, trailing zeros included",
+            encode_compact(Frame::request(1, Command::PING, b"", b"")),
+        ),
+        c(
+            "compact-get",
+            "GET of key \"fruit\": the fixed vector \"get\" without its padding",
+            encode_compact(Frame::request(3, Command::GET, b"fruit", b"")),
+        ),
+        c("compact-put", "PUT key=value: same checksum as the fixed frame", encode_compact(put)),
+        c(
+            "compact-reply-ok-value",
+            "reply to GET id 3: OK, version 99, value \"apple\"",
+            encode_compact(Frame::reply_to(3, Command::GET, Status::OK, b"apple").with_timestamp(99)),
+        ),
+        c(
+            "compact-truncated",
+            "the PUT without its last byte: wait for more (on a datagram: refuse it)",
+            short_put,
+        ),
+        c(
+            "compact-bad-magic",
+            "first byte changed: answer once, close",
+            patched_compact(put, 0, b"X", false),
+        ),
+        c(
+            "compact-bad-version",
+            "version byte 2: answer UNSUPPORTED once, close",
+            patched_compact(put, VERSION_OFFSET, &[2], false),
+        ),
+        c(
+            "compact-bad-checksum",
+            "one value byte changed: the lengths may be damaged too, so answer once, close",
+            patched_compact(put, 48 + 3, b"V", false),
+        ),
+        c(
+            "compact-key-too-long",
+            "key_len 1025, checksum valid: the lengths are checked first, the id is not trusted; close",
+            patched_compact(put, KEY_LEN_OFFSET, &1025u32.to_le_bytes(), true),
+        ),
+        c(
+            "compact-bad-length-early",
+            "key_len 1025 in the first 40 bytes: refused before the rest of the header arrives",
+            early_bad_length,
+        ),
+        c(
+            "compact-sizes-overflow",
+            "value_len 4046 with a 3-byte key: more than 4048 payload bytes; close",
+            patched_compact(put, VALUE_LEN_OFFSET, &4046u32.to_le_bytes(), true),
+        ),
+        c(
+            "compact-sizes-huge",
+            "value_len 0xFFFFFFFF: refused at once, never waited for",
+            patched_compact(put, VALUE_LEN_OFFSET, &u32::MAX.to_le_bytes(), false),
+        ),
+        c(
+            "compact-reserved-flag",
+            "flag bit 3 set, checksum valid: refused after the checksum, so the stream goes on",
+            patched_compact(put, FLAGS_OFFSET, &8u32.to_le_bytes(), true),
+        ),
+        c(
+            "compact-continued",
+            "CONTINUED flag: UNSUPPORTED, the stream goes on",
+            patched_compact(put, FLAGS_OFFSET, &Flags::CONTINUED.0.to_le_bytes(), true),
+        ),
+        c(
+            "compact-unknown-command",
+            "command 0x3f: UNKNOWN_COMMAND, the stream goes on",
+            encode_compact(Frame::request(14, Command(0x3f), b"", b"")),
+        ),
+        c(
+            "compact-get-with-value",
+            "GET carrying a value: BAD_REQUEST, the stream goes on",
+            encode_compact(Frame::request(17, Command::GET, b"k", b"v")),
+        ),
     ]
 }
 
@@ -166,21 +291,40 @@ fn error_name(e: &DecodeError) -> String {
     format!("{e:?}").split([' ', '{']).next().unwrap_or_default().to_string()
 }
 
+fn answer(out: &mut String, e: &DecodeError, framing: Framing) {
+    let id = e.trusted_id().map_or("untrusted".to_string(), |id| id.to_string());
+    let close = if e.is_fatal_for(framing) { "yes" } else { "no" };
+    let _ = writeln!(out, "answer: {} id={id} close={close}", e.status());
+}
+
 /// What a receiver makes of the bytes, in the file's line format.
-fn outcome(bytes: &[u8; FRAME_LEN]) -> String {
+fn outcome(framing: Framing, bytes: &[u8]) -> String {
     let mut out = String::new();
-    match Frame::decode(bytes) {
+    let decoded = match framing {
+        Framing::Fixed => {
+            Frame::decode(bytes.try_into().expect("a fixed vector is one whole frame")).map(Some)
+        }
+        Framing::Compact => Frame::decode_compact(bytes).map(|decoded| {
+            decoded.map(|(frame, len)| {
+                // A compact vector holds one frame and nothing else; its fields encode back
+                // to exactly its bytes.
+                assert_eq!(len, bytes.len(), "a compact vector holds exactly one frame");
+                let mut again = Vec::new();
+                frame.encode_compact_to(&mut again).unwrap();
+                assert_eq!(again, bytes);
+                frame
+            })
+        }),
+    };
+    match decoded {
+        Ok(None) => {
+            let _ = writeln!(out, "decode: incomplete");
+        }
         Err(e) => {
             let _ = writeln!(out, "decode: {}", error_name(&e));
-            let id = e.trusted_id().map_or("untrusted".to_string(), |id| id.to_string());
-            let _ = writeln!(
-                out,
-                "answer: {} id={id} close={}",
-                e.status(),
-                if e.is_fatal() { "yes" } else { "no" }
-            );
+            answer(&mut out, &e, framing);
         }
-        Ok(f) => {
+        Ok(Some(f)) => {
             let _ = writeln!(out, "decode: ok");
             let _ = writeln!(
                 out,
@@ -203,9 +347,8 @@ fn outcome(bytes: &[u8; FRAME_LEN]) -> String {
                         let _ = writeln!(out, "request: {:?}", r.command());
                     }
                     Err(e) => {
-                        let id = e.trusted_id().map_or("untrusted".to_string(), |id| id.to_string());
                         let _ = writeln!(out, "request: {}", error_name(&e));
-                        let _ = writeln!(out, "answer: {} id={id} close=no", e.status());
+                        answer(&mut out, &e, framing);
                     }
                 }
             }
@@ -223,17 +366,24 @@ fn render() -> String {
          # pad it with zero bytes to 4096. `decode` is the result of checking magic, version,\n\
          # checksum, lengths and flags (in that order); `request` the result of checking a\n\
          # request against its command's rules; `answer` the status a server replies with,\n\
-         # the id it uses, and whether it then closes the connection. key/value are hex.\n",
+         # the id it uses, and whether it then closes the connection. key/value are hex.\n\
+         #\n\
+         # A record with `framing: compact` is a compact frame (PROTOCOL.md, \"Compact framing\"):\n\
+         # its `hex` is exactly the bytes received, with no padding to add, and `decode` follows\n\
+         # the compact order of checks; `decode: incomplete` means the receiver waits for more.\n",
     );
     for case in cases() {
-        let used = case.bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let (framing_line, used) = match case.framing {
+            Framing::Fixed => ("", case.bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)),
+            Framing::Compact => ("framing: compact\n", case.bytes.len()),
+        };
         let _ = write!(
             s,
-            "\nname: {}\nnote: {}\nhex: {}\n{}",
+            "\nname: {}\nnote: {}\n{framing_line}hex: {}\n{}",
             case.name,
             case.note,
             hex(&case.bytes[..used]),
-            outcome(&case.bytes)
+            outcome(case.framing, &case.bytes)
         );
     }
     s
@@ -254,13 +404,19 @@ fn golden_file_matches_the_codec() {
     let mut records = 0;
     for record in golden.split("\n\n").skip(1) {
         let hex_line = record.lines().find_map(|l| l.strip_prefix("hex: ")).expect("hex line");
-        let mut bytes = [0u8; FRAME_LEN];
-        let raw = unhex(hex_line);
-        bytes[..raw.len()].copy_from_slice(&raw);
+        let mut bytes = unhex(hex_line);
+        let framing = match record.lines().find_map(|l| l.strip_prefix("framing: ")) {
+            None => {
+                bytes.resize(FRAME_LEN, 0);
+                Framing::Fixed
+            }
+            Some("compact") => Framing::Compact,
+            Some(other) => panic!("unknown framing {other}"),
+        };
         let expected: String =
             record.lines().skip_while(|l| !l.starts_with("decode:")).map(|l| format!("{l}\n")).collect();
         let name = record.lines().next().unwrap_or_default();
-        assert_eq!(outcome(&bytes), expected, "{name}");
+        assert_eq!(outcome(framing, &bytes), expected, "{name}");
         records += 1;
     }
     assert_eq!(records, cases().len());
@@ -279,11 +435,32 @@ fn every_client_command_and_error_class_has_a_vector() {
         "BadChecksum",
         "KeyTooLong",
         "PayloadTooLong",
+        "BadCompactLength",
         "ReservedFlags",
         "Continued",
         "UnknownCommand",
         "BadRequest",
     ] {
         assert!(golden.contains(&format!(": {class}\n")), "no vector for {class}");
+    }
+    // Compact framing has its own: valid frames, and each way its receiver closes or goes on.
+    let compact: String = golden
+        .split("\n\n")
+        .filter(|r| r.contains("\nframing: compact\n"))
+        .map(|r| format!("{r}\n"))
+        .collect();
+    for line in [
+        "request: GET\n",
+        "request: PUT\n",
+        "decode: incomplete\n",
+        "decode: BadMagic\n",
+        "decode: UnsupportedVersion\n",
+        "answer: BAD_CHECKSUM id=untrusted close=yes\n",
+        "answer: BAD_FRAME id=untrusted close=yes\n",
+        "decode: ReservedFlags\nanswer: BAD_FRAME id=72623859790382856 close=no\n",
+        "request: UnknownCommand\nanswer: UNKNOWN_COMMAND id=14 close=no\n",
+        "request: BadRequest\n",
+    ] {
+        assert!(compact.contains(line), "no compact vector with {line:?}");
     }
 }

@@ -16,9 +16,12 @@
 
 pub mod config;
 pub mod conn;
+pub mod coordinator;
 pub mod event_loop;
 pub mod handler;
+pub mod replica;
 pub mod stats;
+pub mod time;
 
 pub use config::{Config, ConfigError};
 pub use event_loop::{Server, ServerError, ShutdownHandle};

@@ -1,0 +1,5 @@
+//! The coordinator (view service): decides, view by view, which server of a replica group is
+//! primary and which are backups, from the heartbeats the servers send it over UDP.
+//!
+//! - [`view_service`]: the decisions, as a sans-IO state machine.
+pub mod view_service;

@@ -432,7 +432,7 @@ impl ViewService {
                 Some("restarted")
             } else if self.servers.contains_key(&b.id) && !self.intact(b) {
                 Some("lost its data")
-            } else if self.acked && phb.unreachable.iter().any(|u| *u == b.id) {
+            } else if self.acked && phb.unreachable.contains(&b.id) {
                 Some("unreachable from the primary")
             } else if self.servers.get(&b.id).is_some_and(|s| s.hb.flags & HB_PRIMARY_SILENT != 0)
                 && self.acked

@@ -300,6 +300,21 @@ struct Upstream {
     snapshot: Option<(u64, Terms)>,
 }
 
+/// A primary's view of one peer, for STATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Its id.
+    pub id: String,
+    /// A backup of the view (else a learner).
+    pub member: bool,
+    /// `no`, `pinned`, `synced` or `reported`.
+    pub sync: &'static str,
+    /// `down`, `connecting`, `handshaking` or `streaming`.
+    pub link: &'static str,
+    /// The highest LSN it acknowledged.
+    pub acked: u64,
+}
+
 /// Counters and state for STATS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicaStatus {
@@ -319,8 +334,8 @@ pub struct ReplicaStatus {
     pub max_lag: u64,
     /// Primary: peers waited for / peers known.
     pub peers_waited: usize,
-    /// See `peers_waited`.
-    pub peers: usize,
+    /// Primary: each peer.
+    pub peers: Vec<PeerStatus>,
     /// Why the coordinator is waiting, if it is.
     pub waiting: String,
 }
@@ -509,7 +524,27 @@ impl Replica {
                 Some(Some(until)) => until.0.saturating_sub(now.0),
                 _ => 0,
             };
-            s.peers = p.peers.len();
+            s.peers = p
+                .peers
+                .iter()
+                .map(|x| PeerStatus {
+                    id: x.id.clone(),
+                    member: x.member,
+                    sync: match x.sync {
+                        SyncState::No => "no",
+                        SyncState::Pinned => "pinned",
+                        SyncState::Synced { reported: false } => "synced",
+                        SyncState::Synced { reported: true } => "reported",
+                    },
+                    link: match x.link {
+                        Link::Down { .. } => "down",
+                        Link::Connecting { .. } => "connecting",
+                        Link::Handshaking { .. } => "handshaking",
+                        Link::Streaming => "streaming",
+                    },
+                    acked: x.acked,
+                })
+                .collect();
             s.peers_waited = p.peers.iter().filter(|x| x.waited_for()).count();
             s.max_lag = p
                 .peers
@@ -644,7 +679,7 @@ impl Replica {
             self.view.num
         );
         self.view = view;
-        let me_primary = self.view.primary_id() == Some(self.cfg.id.as_str());
+        let me_primary = self.view.primary.as_ref().is_some_and(|m| self.is_me(m));
         if me_primary {
             let same_term = self.primary.as_ref().is_some_and(|p| p.term == self.view.term);
             if same_term {
@@ -670,8 +705,15 @@ impl Replica {
         self.update_follower_role(now);
     }
 
+    /// Whether a view's entry names this run of this server with this data: an entry recorded
+    /// for an earlier run (before a restart, or before the data started over) is not a place
+    /// this process may take; it waits for the coordinator to record it anew.
+    fn is_me(&self, m: &wire::cluster::Member) -> bool {
+        m.id == self.cfg.id && m.incarnation == self.incarnation && m.data_id == self.meta.data_id
+    }
+
     fn update_follower_role(&mut self, now: Time) {
-        let role = if self.view.backups.iter().any(|b| b.id == self.cfg.id) {
+        let role = if self.view.backups.iter().any(|b| self.is_me(b)) {
             Role::Backup
         } else if self.upstream.is_some() {
             Role::Learner
@@ -867,12 +909,21 @@ impl Replica {
         }
     }
 
-    /// Primary: `peer` acknowledged everything up to `lsn` and, if `grant` is not zero,
-    /// granted the beacon sent at `grant`.
-    pub fn handle_ack(&mut self, now: Time, peer: &str, lsn: u64, grant: u64) {
+    /// Primary: `peer`, holding the data copy `data_id`, acknowledged everything up to `lsn`
+    /// and, if `grant` is not zero, granted the beacon sent at `grant`.
+    pub fn handle_ack(&mut self, now: Time, peer: &str, lsn: u64, grant: u64, data_id: u64) {
         let Some(p) = &mut self.primary else { return };
         let Some(x) = p.peers.iter_mut().find(|x| x.id == peer) else { return };
         x.last_heard = now;
+        if x.data_id != data_id {
+            // It installed a snapshot since the handshake: a new copy of the data, synced only
+            // once it holds what it must. (If it was already reported, the coordinator sees the
+            // mismatch and the next view lets it go.)
+            x.data_id = data_id;
+            if x.sync != (SyncState::Synced { reported: true }) {
+                x.sync = SyncState::No;
+            }
+        }
         x.acked = x.acked.max(lsn);
         if grant > 0 && grant <= now.0 {
             x.grant = Some(x.grant.map_or(Time(grant), |g| g.max(Time(grant))));

@@ -82,9 +82,9 @@ fn a_primary_serves_only_while_every_backup_grants() {
     stream(&mut r, t(1), "s3", 0, 0);
     let ready = t(0) + r.config().takeover_wait();
     assert!(r.can_serve(ready).is_err(), "no grants yet");
-    r.handle_ack(ready, "s2", 0, ready.0);
+    r.handle_ack(ready, "s2", 0, ready.0, 1);
     assert!(r.can_serve(ready).is_err(), "s3 has not granted");
-    r.handle_ack(ready, "s3", 0, ready.0);
+    r.handle_ack(ready, "s3", 0, ready.0, 1);
     assert_eq!(r.can_serve(ready), Ok(()));
     assert!(r.can_serve(ready + r.config().lease).is_err(), "the lease runs out without new grants");
 }
@@ -97,13 +97,13 @@ fn commit_waits_for_every_member_and_the_local_durable_lsn() {
     stream(&mut r, t(1), "s3", 0, 0);
     r.handle_log(10, 10);
     assert_eq!(r.committed(), 0);
-    r.handle_ack(t(2), "s2", 10, 0);
+    r.handle_ack(t(2), "s2", 10, 0, 1);
     assert_eq!(r.committed(), 0);
-    r.handle_ack(t(2), "s3", 7, 0);
+    r.handle_ack(t(2), "s3", 7, 0, 1);
     assert_eq!(r.committed(), 7);
     r.handle_log(12, 9);
-    r.handle_ack(t(3), "s3", 12, 0);
-    r.handle_ack(t(3), "s2", 12, 0);
+    r.handle_ack(t(3), "s3", 12, 0, 1);
+    r.handle_ack(t(3), "s2", 12, 0, 1);
     assert_eq!(r.committed(), 9, "not beyond what is durable here");
 }
 
@@ -139,7 +139,7 @@ fn a_learner_is_synced_only_with_every_write_that_may_have_been_acknowledged() {
         _ => None,
     });
     assert!(hb.unwrap().synced.is_empty(), "30 of 100 is not synced, though nothing is committed yet");
-    r.handle_ack(t(2), "s4", 100, 0);
+    r.handle_ack(t(2), "s4", 100, 0, 1);
     r.handle_tick(t(200));
     let hb = drain(&mut r).into_iter().find_map(|o| match o {
         Output::Heartbeat(hb) => Some(hb),

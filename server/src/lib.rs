@@ -20,6 +20,7 @@ pub mod coordinator;
 pub mod event_loop;
 pub mod handler;
 pub mod replica;
+pub mod secret;
 pub mod stats;
 pub mod time;
 

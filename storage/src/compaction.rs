@@ -7,8 +7,10 @@
 //!
 //! # Steps, and why a crash at any point is safe
 //!
-//! 1. **Choose inputs**: sealed segments (never the active log segment). Note the smallest LSN of
-//!    any segment *not* chosen (`outside_min_lsn`).
+//! 1. **Choose inputs**: sealed segments (never the active log segment), except log segments the
+//!    retention pin ([`Store::retain_log_from`](crate::Store::retain_log_from)) protects. Note the
+//!    smallest LSN of any segment *not* chosen (`outside_min_lsn`). No compaction starts while a
+//!    snapshot walk or an install holds compaction, and a copy in progress pauses then.
 //! 2. **Copy**, a few hundred records per step, into new segments named `*.tmp`:
 //!    - a put record only if the index still points at this very copy (anything else is dead), and
 //!      then the index is pointed at the new copy;
@@ -19,9 +21,10 @@
 //!    Writes go on meanwhile, to the active log segment. Crash here: recovery deletes every `*.tmp`
 //!    file; the inputs are untouched, so the store is as before the compaction.
 //! 3. **Commit** (background thread): fdatasync the outputs *and every other segment with
-//!    unflushed writes*, fsync the directory; write the marker `COMPACT.tmp` listing the
-//!    obsolete and new segment ids with a CRC, fsync it, rename it to `COMPACT` (the commit point),
-//!    fsync the directory. Flushing the other segments first matters: an input may hold a durable
+//!    unflushed writes*; write the at-most-once table to `CLIENTS` (through `CLIENTS.tmp`,
+//!    fsynced), tagged with the last LSN when the commit began; fsync the directory; write the
+//!    marker `COMPACT.tmp` listing the obsolete and new segment ids with a CRC, fsync it, rename
+//!    it to `COMPACT` (the commit point), fsync the directory. Flushing the other segments first matters: an input may hold a durable
 //!    value whose overwrite has not been flushed yet, and deleting the input must not leave
 //!    neither. Crash before the rename: as in 2. After: see 4.
 //! 4. **Clean up** (background thread): rename each output to `*.seg`, fsync the directory, unmap
@@ -37,8 +40,14 @@
 //! recovery keeps the record with the highest LSN per key, so duplicates are harmless.
 //!
 //! What compaction discards: dead values, unneeded tombstones, and with them the
-//! `client_id`/`request_id` of those writes. The at-most-once table rebuilt from the log after a
-//! compaction therefore only knows the writes whose records survived.
+//! `client_id`/`request_id` of those writes. That is why step 3 writes `CLIENTS` before the
+//! commit point: every record an input holds has an LSN at most the file's tag, so recovery
+//! (file + the records after its tag) still knows each client's newest write.
+//!
+//! If the retention pin covers one of the inputs by the time the copy is done (it was set or
+//! lowered meanwhile), the commit deletes no input at all and only adds the outputs: deleting
+//! just the unprotected inputs would be unsafe, since tombstones were dropped on the assumption
+//! that every input goes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -69,8 +78,8 @@ pub(crate) enum State {
     Idle,
     /// Copying live records out of the inputs.
     Copying(Box<Copying>),
-    /// Waiting for the background thread to commit and clean up.
-    Committing,
+    /// Waiting for the background thread to commit and clean up the outputs with these ids.
+    Committing(Vec<u64>),
 }
 
 /// Progress of the copy phase.
@@ -116,22 +125,26 @@ pub(crate) struct CommitJob {
     step_delay: Duration,
     /// Length of a log segment: only retired files of this length are kept for reuse.
     segment_len: u64,
+    /// The at-most-once table's file image (`clients`), written before any input is deleted;
+    /// handed back with the result for reuse.
+    pub clients: Vec<u8>,
 }
 
 impl Store {
     /// Whether the dead-byte thresholds call for a compaction.
     ///
     /// Only dead bytes compaction can reclaim count: those in sealed segments beyond what the
-    /// segment had when written (a compaction output starts with the tombstones it had to keep).
-    /// Otherwise kept tombstones could trigger compaction after compaction.
+    /// segment had when written (a compaction output starts with the tombstones it had to keep),
+    /// and not in log segments the retention pin protects. Otherwise kept tombstones or pinned
+    /// segments could trigger compaction after compaction with nothing to take.
     pub(crate) fn should_compact(&self) -> bool {
-        if self.poisoned || !matches!(self.compaction, State::Idle) {
+        if self.poisoned || !matches!(self.compaction, State::Idle) || self.compaction_held() {
             return false;
         }
         let (mut used, mut reclaimable) = (0u64, 0u64);
         for s in self.segments.iter().flatten() {
             used += s.used_bytes();
-            if s.sealed {
+            if s.sealed && !self.pinned(s) {
                 reclaimable += s.reclaimable_bytes();
             }
         }
@@ -140,15 +153,13 @@ impl Store {
             && reclaimable as f64 >= self.opts.compact_dead_ratio * used as f64
     }
 
-    /// Inputs: sealed segments with reclaimable bytes; for an automatic compaction only those at
-    /// least as dead as the threshold, if there are any.
-    fn choose_inputs(&self, all: bool) -> Vec<u32> {
+    /// Inputs: sealed segments with reclaimable bytes that the retention pin does not protect;
+    /// for an automatic compaction only those at least as dead as the threshold, if there are any.
+    pub(crate) fn choose_inputs(&self, all: bool) -> Vec<u32> {
         let candidates = || {
-            self.segments
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
-                .filter(|(i, s)| s.sealed && *i != self.active && s.reclaimable_bytes() > 0)
+            self.segments.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s))).filter(
+                |(i, s)| s.sealed && *i != self.active && s.reclaimable_bytes() > 0 && !self.pinned(s),
+            )
         };
         let ratio = self.opts.compact_dead_ratio;
         let picked: Vec<u32> = candidates()
@@ -162,7 +173,7 @@ impl Store {
         }
     }
 
-    fn start_compaction(&mut self, inputs: Vec<u32>, now: Instant) {
+    pub(crate) fn start_compaction(&mut self, inputs: Vec<u32>, now: Instant) {
         let outside_min_lsn = self
             .segments
             .iter()
@@ -201,10 +212,14 @@ impl Store {
                 return Ok(());
             }
             let inputs = self.choose_inputs(false);
+            if inputs.is_empty() {
+                return Ok(());
+            }
             self.start_compaction(inputs, now);
         }
         if let State::Copying(c) = &self.compaction {
-            if c.retry_at.is_some_and(|t| now < t) {
+            // A snapshot walk needs records to stay where they are: the copy pauses.
+            if c.retry_at.is_some_and(|t| now < t) || self.compaction_held() {
                 return Ok(());
             }
             // Counted from the step's own start: `now` is when the caller's iteration began, and
@@ -230,8 +245,10 @@ impl Store {
     }
 
     /// Runs a full compaction to completion, waiting for the commit: first any compaction in
-    /// progress, then one over every segment with dead bytes (the active log segment is sealed
-    /// first if it has some). For tests and administration; it blocks.
+    /// progress, then one over every segment with dead bytes that the retention pin does not
+    /// protect (the active log segment is sealed first if it has some and would not be
+    /// protected). For tests and administration; it blocks. It does nothing while a snapshot
+    /// walk or an install holds compaction.
     ///
     /// # Errors
     /// [`StorageError::NoSpace`] if an output segment cannot be allocated (the compaction stays in
@@ -240,8 +257,12 @@ impl Store {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
+        if self.compaction_held() {
+            return Ok(());
+        }
         self.finish_compaction()?;
-        if self.active_segment().is_some_and(|s| s.dead_bytes() > 0) {
+        let pin = self.log_pin;
+        if self.active_segment().is_some_and(|s| s.dead_bytes() > 0 && pin.is_none_or(|p| s.max_lsn < p)) {
             self.roll()?;
         }
         let inputs = self.choose_inputs(true);
@@ -253,16 +274,17 @@ impl Store {
     }
 
     /// Drives a compaction in progress to completion.
-    fn finish_compaction(&mut self) -> Result<(), StorageError> {
+    pub(crate) fn finish_compaction(&mut self) -> Result<(), StorageError> {
         loop {
             match self.compaction {
                 State::Idle => return Ok(()),
+                State::Copying(_) if self.compaction_held() => return Ok(()),
                 State::Copying(_) => {
                     if self.copy_step(None)? {
                         self.begin_commit();
                     }
                 }
-                State::Committing => match self.worker.wait_result() {
+                State::Committing(_) => match self.worker.wait_result() {
                     Some(done) => self.handle_done(done)?,
                     None => self.compaction = State::Idle,
                 },
@@ -271,7 +293,7 @@ impl Store {
     }
 
     /// Copies records until `deadline` (or the end). Returns whether every input is done.
-    fn copy_step(&mut self, deadline: Option<Instant>) -> Result<bool, StorageError> {
+    pub(crate) fn copy_step(&mut self, deadline: Option<Instant>) -> Result<bool, StorageError> {
         let State::Copying(mut c) = std::mem::replace(&mut self.compaction, State::Idle) else {
             return Ok(false);
         };
@@ -395,8 +417,14 @@ impl Store {
     }
 
     /// Hands the finished copy to the background thread for commit and clean-up.
-    fn begin_commit(&mut self) {
-        let State::Copying(c) = std::mem::replace(&mut self.compaction, State::Committing) else {
+    ///
+    /// If the retention pin now protects one of the inputs (it was set or lowered during the
+    /// copy), the commit keeps every input: the outputs are committed as extra copies (harmless:
+    /// recovery keeps one record per key by LSN) and nothing is deleted. Keeping only the
+    /// unprotected inputs would not be safe: tombstones were dropped on the assumption that
+    /// every input goes, and a kept input could hold an older value they were hiding.
+    pub(crate) fn begin_commit(&mut self) {
+        let State::Copying(c) = std::mem::replace(&mut self.compaction, State::Committing(Vec::new())) else {
             return;
         };
         let mut outputs = Vec::new();
@@ -405,15 +433,26 @@ impl Store {
             seg.sealed = true;
             outputs.push((seg.id, seg.path.clone(), seg.path.with_extension("seg")));
         }
+        self.compaction = State::Committing(outputs.iter().map(|o| o.0).collect());
+        let keep_inputs = c
+            .inputs
+            .iter()
+            .any(|&i| self.segments.get(i as usize).and_then(|s| s.as_ref()).is_some_and(|s| self.pinned(s)));
+        if keep_inputs {
+            log::info!("compaction keeps its inputs: the retention pin now covers one of them");
+        }
         let mut obsolete = Vec::new();
         let mut obsolete_segments = Vec::new();
-        for &i in &c.inputs {
+        for &i in c.inputs.iter().filter(|_| !keep_inputs) {
             if let Some(seg) = self.take_segment(i) {
                 debug_assert_eq!(seg.live_bytes, 0, "compaction input {} still has live records", seg.id);
                 obsolete.push((seg.id, seg.path.clone()));
                 obsolete_segments.push(seg);
             }
         }
+        // Complete up to here: every record this compaction drops has an LSN at most this.
+        let mut clients = std::mem::take(&mut self.clients_image);
+        self.clients.encode_into(self.last_lsn, &mut clients);
         // Flushed by the commit; counted as flushed only once it has succeeded. With
         // `Durability::Never` only the outputs are: flushing every segment would write out all
         // the page cache holds at each compaction, which is the disk bandwidth that mode leaves
@@ -442,6 +481,7 @@ impl Store {
             marks,
             step_delay: self.opts.debug_commit_step_delay,
             segment_len: self.opts.segment_len,
+            clients,
         };
         self.worker.submit(crate::worker::Job::Commit(Box::new(job)));
     }
@@ -453,17 +493,18 @@ impl Store {
         marks: crate::worker::FlushMarks,
         result: Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        self.compaction = State::Idle;
+        let outputs = match std::mem::replace(&mut self.compaction, State::Idle) {
+            State::Committing(outputs) => outputs,
+            _ => Vec::new(),
+        };
         if let Err(e) = result {
             self.poisoned = true;
             log::error!("compaction commit failed, refusing writes until reopened: {e}");
             return Err(e);
         }
-        for seg in self.segments.iter_mut().flatten() {
-            if seg.path.extension().is_some_and(|e| e == "tmp") {
-                seg.path.set_extension("seg");
-                seg.baseline_dead = seg.dead_bytes();
-            }
+        for seg in self.segments.iter_mut().flatten().filter(|s| outputs.contains(&s.id)) {
+            seg.path.set_extension("seg");
+            seg.baseline_dead = seg.dead_bytes();
         }
         self.apply_marks(marks);
         self.compactions += 1;
@@ -482,7 +523,7 @@ impl Store {
 
 /// The commit and clean-up, run on the background thread. Each step is described in the module
 /// docs; the order is what makes it crash-safe.
-pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
+pub(crate) fn commit(job: CommitJob, clients: &[u8]) -> Result<(), StorageError> {
     let CommitJob {
         dir,
         dir_file,
@@ -494,6 +535,7 @@ pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
         marks: _,
         step_delay,
         segment_len,
+        clients: _,
     } = job;
     let pause = || {
         if !step_delay.is_zero() {
@@ -505,6 +547,9 @@ pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
     for f in &flush {
         f.sync_data().map_err(|e| StorageError::io("fdatasync before compaction commit", e))?;
     }
+    // Before the commit point: once `COMPACT` exists, recovery deletes the inputs, and the ids
+    // of the records they drop must be in the table file by then.
+    crate::clients::write_file(&dir, clients)?;
     sync_dir()?;
     pause();
     let new_ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
@@ -529,7 +574,7 @@ pub(crate) fn commit(job: CommitJob) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -579,7 +624,7 @@ pub(crate) fn parse_marker(text: &str) -> Option<(Vec<u64>, Vec<u64>)> {
     Some((old, new))
 }
 
-fn write_marker(dir: &Path, obsolete: &[u64], new: &[u64]) -> Result<(), StorageError> {
+pub(crate) fn write_marker(dir: &Path, obsolete: &[u64], new: &[u64]) -> Result<(), StorageError> {
     let tmp = dir.join(MARKER_TMP);
     let text = encode_marker(obsolete, new);
     let ctx = |what: &str| format!("{what} {}", tmp.display());

@@ -25,6 +25,8 @@ pub enum Corruption {
     GarbageAfterEnd,
     /// The compaction commit marker is unreadable or names a segment that does not exist.
     BadCompactionMarker,
+    /// The at-most-once table file (`CLIENTS`) has a bad magic, version, length or checksum.
+    BadClientTable,
 }
 
 impl fmt::Display for Corruption {
@@ -36,6 +38,7 @@ impl fmt::Display for Corruption {
             Corruption::ChecksumMismatch => "record checksum mismatch",
             Corruption::GarbageAfterEnd => "non-zero bytes after the end of the log",
             Corruption::BadCompactionMarker => "bad compaction commit marker",
+            Corruption::BadClientTable => "bad client table file",
         })
     }
 }
@@ -87,13 +90,27 @@ pub enum StorageError {
     /// An earlier flush failed, so data the kernel reported as written may be lost: writes are
     /// refused until the store is reopened (which re-verifies the log).
     Poisoned,
-    /// `log_from` was asked for records that compaction has already discarded.
+    /// `log_from`/`read_log` was asked for records that compaction has already discarded.
     Compacted {
         /// The oldest LSN from which the log is still complete.
         oldest: Lsn,
     },
     /// The [`Options`](crate::Options) are inconsistent; the message says which field.
     InvalidOptions(&'static str),
+    /// [`Store::apply_replicated`](crate::Store::apply_replicated) was given a record that does
+    /// not directly follow the last one: a backup's log must stay identical to the primary's, so
+    /// nothing was written.
+    OutOfOrder {
+        /// The LSN the store can accept next (`last_lsn + 1`).
+        expected: Lsn,
+        /// The LSN of the refused record.
+        got: Lsn,
+    },
+    /// A snapshot install ([`Store::install_record`](crate::Store::install_record) ..
+    /// [`Store::finish_install`](crate::Store::finish_install)) was misused: the message says
+    /// how (writes during an install, an install into a store that is not empty, ...). Nothing
+    /// was written.
+    Install(&'static str),
 }
 
 impl StorageError {
@@ -139,6 +156,10 @@ impl fmt::Display for StorageError {
                 write!(f, "log records before lsn {oldest} were discarded by compaction")
             }
             StorageError::InvalidOptions(why) => write!(f, "invalid storage options: {why}"),
+            StorageError::OutOfOrder { expected, got } => {
+                write!(f, "replicated record out of order: expected lsn {expected}, got lsn {got}")
+            }
+            StorageError::Install(why) => write!(f, "snapshot install: {why}"),
         }
     }
 }

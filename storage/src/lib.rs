@@ -16,12 +16,18 @@
 //! - `recovery`: scanning on open, the torn-tail rule, and [`Store::repair`].
 //! - `compaction`: incremental compaction driven by [`Store::tick`].
 //! - `worker`: a background thread for fsync, rename and unlink, so `tick` stays short.
+//! - For replication: `log` ([`LogCursor`] and [`Store::read_log`], the retention pin
+//!   [`Store::retain_log_from`], [`Store::apply_replicated`]); `clients` (the at-most-once table,
+//!   [`Store::client_entry`], and its file `CLIENTS`); `snapshot` (the sender's walk,
+//!   [`Store::begin_snapshot`]); `install` (the receiver's [`Store::wipe`],
+//!   [`Store::install_record`], [`Store::finish_install`]).
 //! - [`StorageError`]: every failure.
 //!
 //! A data directory holds `LOCK` (an exclusive `flock` while a store is open),
-//! `<16 hex digits>.seg` segment files, and transiently `*.new` (a segment being created),
-//! `*.tmp` (compaction outputs not yet committed) and `COMPACT` (a committed compaction whose
-//! clean-up may be unfinished).
+//! `<16 hex digits>.seg` segment files, `CLIENTS` (the at-most-once table as of some LSN), and
+//! transiently `*.new` (a segment being created), `*.tmp` (compaction or install outputs not yet
+//! committed), `COMPACT` (a committed compaction or install whose clean-up may be unfinished) and
+//! `CLIENTS.tmp`.
 //!
 //! # Durability contract
 //!
@@ -41,14 +47,18 @@
 //! - Compaction never loses or resurrects data, whenever the process dies: see `compaction`.
 #![deny(missing_docs)]
 
+mod clients;
 mod compaction;
 mod error;
 #[cfg(test)]
 mod fault_tests;
 pub mod format;
 mod index;
+mod install;
+mod log;
 mod recovery;
 mod segment;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -60,8 +70,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use self::log::{LogCursor, ReplicatedWrite};
+pub use clients::ClientEntry;
 pub use error::{Corruption, StorageError};
 pub use recovery::{DroppedRange, RecoveryReport, RepairReport, TornTail};
+pub use snapshot::{SnapshotCursor, SnapshotRecord};
 
 use format::{RecordKind, RecordMeta, SegmentKind, SEGMENT_HEADER_LEN};
 use index::{Index, Slot};
@@ -165,6 +178,9 @@ pub struct Options {
     pub compact_step_budget: Duration,
     /// Keys to reserve index room for at open, avoiding growth pauses. Default 0.
     pub index_capacity: usize,
+    /// Most entries the at-most-once table keeps ([`Store::client_entry`]); beyond it the entry
+    /// with the smallest LSN is evicted. About 60 bytes of memory per entry. Default 100 000.
+    pub max_clients: usize,
     /// Test hook: the background thread sleeps this long between the steps of a compaction
     /// commit, so crash tests can kill a process inside each window. Zero outside tests.
     #[doc(hidden)]
@@ -183,6 +199,7 @@ impl Default for Options {
             max_payload_len: wire::header::MAX_PAYLOAD_LEN,
             compact_step_budget: Duration::from_micros(200),
             index_capacity: 0,
+            max_clients: 100_000,
             debug_commit_step_delay: Duration::ZERO,
         }
     }
@@ -351,6 +368,16 @@ pub struct Store {
     preparing: bool,
     /// The last `Prepare` failed (disk full?): do not retry until a roll succeeds.
     prepare_failed: bool,
+    /// The at-most-once table (see `clients`).
+    clients: clients::ClientTable,
+    /// A buffer for the table's file image, reused from one compaction commit to the next.
+    clients_image: Vec<u8>,
+    /// [`Store::retain_log_from`]: compaction leaves log segments with records at or above it.
+    log_pin: Option<u64>,
+    /// Snapshots begun and not ended: while any is, compaction holds still.
+    snapshot_holds: u32,
+    /// A snapshot install in progress (see `install`).
+    install: Option<Box<install::Install>>,
 }
 
 /// Stage of [`Store::prefetch`].
@@ -532,8 +559,9 @@ impl Store {
         Ok(())
     }
 
-    /// The single write path: append a record with the given LSN and timestamp and update the
-    /// index. Replication will apply a primary's records through here with the primary's LSN.
+    /// The single write path: append a record with the given LSN and timestamp, update the index
+    /// and, for a write with a client id, the at-most-once table. [`Store::apply_replicated`]
+    /// applies a primary's records through here with the primary's LSN and timestamp.
     fn apply(
         &mut self,
         kind: RecordKind,
@@ -543,8 +571,8 @@ impl Store {
         timestamp: u64,
         meta: WriteMeta,
     ) -> Result<(), StorageError> {
-        if self.poisoned {
-            return Err(StorageError::Poisoned);
+        if self.poisoned | self.install.is_some() {
+            return Err(self.write_refusal());
         }
         let value_len: usize = value.iter().map(|p| p.len()).sum();
         let len = format::record_len(key.len(), value_len);
@@ -597,7 +625,21 @@ impl Store {
         if let Some(old) = old {
             self.release(old);
         }
+        if meta.client_id != 0 {
+            let entry = ClientEntry { request_id: meta.request_id, lsn: Lsn(lsn), version: timestamp };
+            self.clients.record(meta.client_id, entry);
+        }
         Ok(())
+    }
+
+    /// Why `apply` refuses to write (cold path).
+    #[cold]
+    fn write_refusal(&self) -> StorageError {
+        if self.poisoned {
+            StorageError::Poisoned
+        } else {
+            StorageError::Install("writes are refused while a snapshot install is in progress")
+        }
     }
 
     /// Accounts for the record at `old` no longer being pointed at.
@@ -651,7 +693,7 @@ impl Store {
                 seg
             }
             None => {
-                log::debug!("rolling over without a prepared segment (preparing={})", self.preparing);
+                ::log::debug!("rolling over without a prepared segment (preparing={})", self.preparing);
                 let seg = Segment::create(
                     &self.dir,
                     id,
@@ -677,7 +719,7 @@ impl Store {
         }
         self.active = self.add_segment(seg);
         self.prepare_failed = false;
-        log::debug!("new log segment id={id}");
+        ::log::debug!("new log segment id={id}");
         Ok(())
     }
 
@@ -728,7 +770,7 @@ impl Store {
         for seg in self.segments.iter_mut().flatten() {
             if let Err(e) = seg.flush() {
                 self.poisoned = true;
-                log::error!("flush of {} failed, refusing writes until reopened: {e}", seg.path.display());
+                ::log::error!("flush of {} failed, refusing writes until reopened: {e}", seg.path.display());
                 return Err(StorageError::io(format!("msync {}", seg.path.display()), e));
             }
         }
@@ -801,8 +843,10 @@ impl Store {
         match &self.compaction {
             compaction::State::Idle if self.should_compact() => at(now),
             compaction::State::Idle => {}
+            // Paused while a snapshot walk or an install holds compaction: nothing to do.
+            compaction::State::Copying(_) if self.compaction_held() => {}
             compaction::State::Copying(c) => at(c.retry_at.unwrap_or(now)),
-            compaction::State::Committing => at(now + Duration::from_millis(1)),
+            compaction::State::Committing(_) => at(now + Duration::from_millis(1)),
         }
         deadline
     }
@@ -867,19 +911,22 @@ impl Store {
                     }
                     Err(e) => {
                         self.poisoned = true;
-                        log::error!("background flush failed, refusing writes until reopened: {e}");
+                        ::log::error!("background flush failed, refusing writes until reopened: {e}");
                         return Err(StorageError::io("background fdatasync", e));
                     }
                 }
             }
-            worker::Done::Committed { lsn, marks, result } => self.finish_commit(lsn, marks, result)?,
+            worker::Done::Committed { lsn, marks, result, clients } => {
+                self.clients_image = clients;
+                self.finish_commit(lsn, marks, result)?
+            }
             worker::Done::Prepared(result) => {
                 self.preparing = false;
                 match result {
                     Ok(seg) => self.prepared = Some(seg),
                     Err(e) => {
                         // Not fatal: the roll will try again and report the error to a writer.
-                        log::warn!("could not prepare the next segment: {e}");
+                        ::log::warn!("could not prepare the next segment: {e}");
                         self.prepare_failed = true;
                     }
                 }
@@ -897,7 +944,8 @@ impl Store {
     }
 
     /// The log from `from` onward: every record with `lsn >= from`, in LSN order, tombstones
-    /// included. `Lsn(0)` means from the beginning.
+    /// included. `Lsn(0)` means from the beginning. It borrows the store; a reader that must
+    /// keep its place across writes uses a [`LogCursor`] with [`Store::read_log`] instead.
     ///
     /// # Errors
     /// [`StorageError::Compacted`] if compaction discarded part of that range; `oldest` says from
@@ -907,26 +955,8 @@ impl Store {
         if from < self.log_start {
             return Err(StorageError::Compacted { oldest: Lsn(self.log_start) });
         }
-        let mut chain: Vec<&Segment> = self
-            .segments
-            .iter()
-            .flatten()
-            .filter(|s| s.kind == SegmentKind::Log && s.min_lsn <= s.max_lsn && s.max_lsn >= from)
-            .collect();
-        chain.sort_by_key(|s| s.min_lsn);
-        Ok(chain.into_iter().flat_map(move |seg| {
-            let mut off = SEGMENT_HEADER_LEN as u32;
-            std::iter::from_fn(move || loop {
-                if off >= seg.write_off {
-                    return None;
-                }
-                let v = format::view_record_unchecked(seg.from(off))?;
-                off += v.len as u32;
-                if v.meta.lsn >= from {
-                    return Some(Record::from_view(&v));
-                }
-            })
-        }))
+        let mut cursor = LogCursor::new(Lsn(from));
+        Ok(std::iter::from_fn(move || self.read_log(&mut cursor).ok().flatten()))
     }
 
     /// Recomputes where the complete log starts: the log segments form a chain of consecutive
@@ -997,7 +1027,7 @@ impl Drop for Store {
         self.discard_prepared();
         if self.opts.durability != Durability::Never && !self.poisoned {
             if let Err(e) = self.sync() {
-                log::error!("flush on close of {} failed: {e}", self.dir.display());
+                ::log::error!("flush on close of {} failed: {e}", self.dir.display());
             }
         }
     }

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clients::{self, ClientEntry, ClientTable, CLIENTS_FILE, CLIENTS_TMP};
 use crate::compaction::{self, MARKER, MARKER_TMP};
 use crate::error::{Corruption, StorageError};
 use crate::format::{self, Parsed, RecordKind, RecordView, SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
@@ -223,8 +224,9 @@ fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
     }
 }
 
-/// Deletes uncommitted compaction outputs (`*.tmp`), half-created segments (`*.new`) and a
-/// half-written marker. None of them can hold the only copy of anything.
+/// Deletes uncommitted compaction or install outputs (`*.tmp`), half-created segments (`*.new`),
+/// retired segments (`*.free`), a half-written marker and a half-written client table. None of
+/// them can hold the only copy of anything.
 fn remove_leftovers(dir: &Path, dir_file: &File) -> Result<Vec<PathBuf>, StorageError> {
     let mut removed = Vec::new();
     for (_, ext, path) in list_files(dir)? {
@@ -233,10 +235,12 @@ fn remove_leftovers(dir: &Path, dir_file: &File) -> Result<Vec<PathBuf>, Storage
             removed.push(path);
         }
     }
-    let marker_tmp = dir.join(MARKER_TMP);
-    if marker_tmp.exists() {
-        remove_if_exists(&marker_tmp)?;
-        removed.push(marker_tmp);
+    for name in [MARKER_TMP, CLIENTS_TMP] {
+        let path = dir.join(name);
+        if path.exists() {
+            remove_if_exists(&path)?;
+            removed.push(path);
+        }
     }
     if !removed.is_empty() {
         log::info!("removed {} leftover files of interrupted work", removed.len());
@@ -389,6 +393,12 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
     let mut report =
         RecoveryReport { compaction_redone: redo_compaction(dir, &dir_file, None)?, ..Default::default() };
     report.removed = remove_leftovers(dir, &dir_file)?;
+    // The at-most-once table as of its file's LSN; the scan replays the records after it.
+    let (mut client_table, clients_lsn) = match clients::load(dir, opts.max_clients)? {
+        clients::Loaded::Absent => (ClientTable::new(opts.max_clients), 0),
+        clients::Loaded::Table(t, lsn) => (t, lsn),
+        clients::Loaded::Damaged(_) => return Err(clients::damaged(dir)),
+    };
 
     let mut segments: Vec<Option<Segment>> = Vec::new();
     // LSNs never go back: segment headers remember the last LSN at their creation.
@@ -431,6 +441,11 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
             report.records += 1;
             let lsn = r.meta.lsn;
             last_lsn = last_lsn.max(lsn);
+            if r.meta.client_id != 0 && lsn > clients_lsn {
+                let entry =
+                    ClientEntry { request_id: r.meta.request_id, lsn: Lsn(lsn), version: r.meta.timestamp };
+                client_table.observe(r.meta.client_id, entry);
+            }
             let range = &mut lsn_range[i];
             *range = (range.0.min(lsn), range.1.max(lsn));
             let hash = index.hash(r.key);
@@ -438,8 +453,10 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
             let won = match index.find_mut(hash, |s| s.hash == hash && lookup_key(segs, s) == r.key) {
                 Some(slot) => {
                     let old = record_at(segs, slot.seg, slot.off);
-                    // Highest LSN wins; on a tie (a compaction copy) the first seen stays.
-                    if old.is_none_or(|o| o.meta.lsn < lsn) {
+                    // Highest LSN wins. On a tie the later record (in segment id order) wins:
+                    // a compaction copy is as good as its original, and of two installed
+                    // records of a key with the same (clamped) LSN the later install is newer.
+                    if old.is_none_or(|o| o.meta.lsn <= lsn) {
                         if let Some(o) = old {
                             live[slot.seg as usize] -= o.len as u64;
                         }
@@ -524,6 +541,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
     }
     report.segments = n as u32;
     report.last_lsn = Lsn(last_lsn);
+    client_table.enforce_bound();
 
     // Keep writing into the newest log segment if it holds the newest record (or none); otherwise
     // (only after a repair rewrote it) start a new one, so the log's LSN ranges stay honest.
@@ -561,6 +579,11 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
         prepared: None,
         preparing: false,
         prepare_failed: false,
+        clients: client_table,
+        clients_image: Vec::new(),
+        log_pin: None,
+        snapshot_holds: 0,
+        install: None,
     };
     if active.is_none() {
         store.roll()?;
@@ -622,6 +645,15 @@ pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, Storage
     let mut report = RepairReport::default();
     report.compaction_redone = redo_compaction(dir, &dir_file, Some(&mut report))?;
     remove_leftovers(dir, &dir_file)?;
+    // A damaged client table is dropped: the table is then rebuilt from the records that
+    // survive, which misses the ids of writes whose records compaction discarded.
+    if let clients::Loaded::Damaged(len) = clients::load(dir, opts.max_clients)? {
+        let path = dir.join(CLIENTS_FILE);
+        remove_if_exists(&path)?;
+        sync_dir(&dir_file, dir)?;
+        log::warn!("repair: dropped the damaged client table {}", path.display());
+        report.dropped.push(DroppedRange { file: path, offset: 0, len, reason: Corruption::BadClientTable });
+    }
     let files: Vec<_> = list_files(dir)?.into_iter().filter(|f| f.1 == "seg").collect();
     let mut next_id = files.iter().map(|f| f.0 + 1).max().unwrap_or(1);
     // The newest log segment may keep a torn tail in place (zeroed), as open would.

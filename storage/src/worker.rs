@@ -26,8 +26,9 @@ pub(crate) enum Done {
     Flushed { lsn: u64, marks: FlushMarks, result: io::Result<()> },
     /// A `Prepare` job finished.
     Prepared(Result<Segment, StorageError>),
-    /// A `Commit` job finished; on success everything up to `lsn` is durable too.
-    Committed { lsn: u64, marks: FlushMarks, result: Result<(), StorageError> },
+    /// A `Commit` job finished; on success everything up to `lsn` is durable too. `clients` is
+    /// the job's client-table buffer, back for reuse.
+    Committed { lsn: u64, marks: FlushMarks, result: Result<(), StorageError>, clients: Vec<u8> },
 }
 
 /// What a background flush covers, recorded when it is handed over and applied to the segments
@@ -142,7 +143,9 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
             Job::Commit(mut job) => {
                 let lsn = job.lsn;
                 let marks = std::mem::take(&mut job.marks);
-                Done::Committed { lsn, marks, result: crate::compaction::commit(*job) }
+                let clients = std::mem::take(&mut job.clients);
+                let result = crate::compaction::commit(*job, &clients);
+                Done::Committed { lsn, marks, result, clients }
             }
         };
         // If the store is gone nobody listens; the queue is still finished (a commit must complete).

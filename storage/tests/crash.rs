@@ -5,7 +5,10 @@
 //! it starts (`I ...`) and after it returned (`A`), plus `C`/`c` when a compaction starts/ends.
 //! The parent SIGKILLs it at a random moment, reopens the directory itself and checks that every
 //! acknowledged write is there and nothing deleted came back. The only freedom: writes started but
-//! not acknowledged may or may not have happened, in order (a prefix of them).
+//! not acknowledged may or may not have happened, in order (a prefix of them). Each child is one
+//! client (client id = its seed, request id = 1 + the op's sequence number): the at-most-once
+//! table must still know every client's newest acknowledged write, although compaction keeps
+//! dropping the records that carried it.
 //!
 //! Seeds: each iteration's seed is printed on failure; `TANDEM_CRASH_SEED=<n>` reruns one.
 
@@ -60,7 +63,7 @@ fn bytes(gen: u64, seq: u64, len: usize) -> Vec<u8> {
 #[derive(Debug, Clone, Copy)]
 enum Op {
     Put { k: u64, gen: u64, seq: u64, len: usize },
-    Del { k: u64 },
+    Del { k: u64, seq: u64 },
     App { k: u64, gen: u64, seq: u64, len: usize },
 }
 
@@ -70,9 +73,25 @@ impl Op {
         let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
         match *f.first()? {
             "put" => Some(Op::Put { k: n(1)?, gen: n(2)?, seq: n(3)?, len: n(4)? as usize }),
-            "del" => Some(Op::Del { k: n(1)? }),
+            "del" => Some(Op::Del { k: n(1)?, seq: n(2)? }),
             "app" => Some(Op::App { k: n(1)?, gen: n(2)?, seq: n(3)?, len: n(4)? as usize }),
             _ => None,
+        }
+    }
+
+    /// The request id of the op (see the module docs).
+    fn request_id(&self) -> u64 {
+        match *self {
+            Op::Put { seq, .. } | Op::Del { seq, .. } | Op::App { seq, .. } => seq + 1,
+        }
+    }
+
+    /// Whether the op writes a record in a store holding `model` (a delete of an absent key
+    /// writes nothing, so it leaves no trace in the at-most-once table either).
+    fn writes(&self, model: &HashMap<u64, Vec<u8>>) -> bool {
+        match *self {
+            Op::Del { k, .. } => model.contains_key(&k),
+            _ => true,
         }
     }
 
@@ -81,7 +100,7 @@ impl Op {
             Op::Put { k, gen, seq, len } => {
                 model.insert(k, bytes(gen, seq, len));
             }
-            Op::Del { k } => {
+            Op::Del { k, .. } => {
                 model.remove(&k);
             }
             Op::App { k, gen, seq, len } => {
@@ -119,13 +138,13 @@ fn crash_child() {
     let mut store = open_retrying(dir, opts(durability, commit_delay_ms)).unwrap();
     let mut compacting = false;
     let mut pending = 0;
-    let meta = WriteMeta { client_id: gen, request_id: 0 };
     for seq in 0u64.. {
+        let meta = WriteMeta { client_id: gen, request_id: seq + 1 };
         let k = rng.below(KEYS);
         let len = if rng.below(10) == 0 { 2000 + rng.below(2000) } else { rng.below(600) } as usize;
         let op = match rng.below(10) {
             0..=5 => format!("put {k} {gen} {seq} {len}"),
-            6 | 7 => format!("del {k}"),
+            6 | 7 => format!("del {k} {seq}"),
             _ => format!("app {k} {gen} {seq} {}", len % 200),
         };
         println!("I {op}");
@@ -179,6 +198,7 @@ struct Tally {
 fn run_once(
     dir: &Path,
     model: &mut HashMap<u64, Vec<u8>>,
+    clients: &mut HashMap<u64, u64>,
     seed: u64,
     target_compaction: bool,
     tally: &mut Tally,
@@ -211,7 +231,7 @@ fn run_once(
     let mut n = 0u64;
     let mut killed = false;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let handle =
+    let mut handle =
         |line: &str, pending: &mut Vec<Op>, compacting: &mut bool, model: &mut HashMap<u64, Vec<u8>>| {
             match line.split_once(' ').map_or((line, ""), |(a, b)| (a, b)) {
                 ("I", op) => pending.push(Op::parse(op).expect("bad op line")),
@@ -220,6 +240,9 @@ fn run_once(
                 }
                 ("A", _) => {
                     let op = pending.remove(0);
+                    if op.writes(model) {
+                        clients.insert(seed, op.request_id());
+                    }
                     op.apply(model);
                     return true;
                 }
@@ -302,12 +325,20 @@ fn run_once(
     }
     *model = candidate;
     let _ = applied;
+    for (&client, &acked) in clients.iter() {
+        let got = store.client_entry(client).map(|e| e.request_id);
+        assert!(
+            got >= Some(acked),
+            "seed {seed}: client {client}: acknowledged request {acked}, table has {got:?}"
+        );
+    }
     drop(store);
 }
 
 fn run_many(iterations: u64, base_seed: u64, target_compaction: bool) -> Tally {
     let dir = tempfile::tempdir().unwrap();
     let mut model = HashMap::new();
+    let mut clients = HashMap::new();
     let mut tally = Tally::default();
     let single = std::env::var("TANDEM_CRASH_SEED").ok().and_then(|s| s.parse::<u64>().ok());
     let seeds: Vec<u64> = match single {
@@ -315,7 +346,7 @@ fn run_many(iterations: u64, base_seed: u64, target_compaction: bool) -> Tally {
         None => (0..iterations).map(|i| base_seed + i).collect(),
     };
     for seed in seeds {
-        run_once(dir.path(), &mut model, seed, target_compaction, &mut tally);
+        run_once(dir.path(), &mut model, &mut clients, seed, target_compaction, &mut tally);
     }
     eprintln!("{tally:?}");
     tally

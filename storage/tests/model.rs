@@ -1,12 +1,13 @@
 //! Model-based test: random put/delete/append/reopen/compact/tick sequences against a `HashMap`,
-//! checking every key after every step.
+//! checking every key after every step, and the at-most-once table against the newest write of
+//! each of three clients (writes are spread over them and over "no client").
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use proptest::prelude::*;
-use storage::{Durability, Lsn, Options, StorageError, Store, WriteMeta};
+use storage::{ClientEntry, Durability, Lsn, Options, StorageError, Store, WriteMeta};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -56,21 +57,35 @@ fn value(len: usize, fill: u8, salt: u64) -> Vec<u8> {
     (0..len).map(|i| fill.wrapping_add((i as u64).wrapping_mul(salt | 1) as u8)).collect()
 }
 
-fn check(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), TestCaseError> {
+type Clients = HashMap<u64, ClientEntry>;
+
+fn check(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>, clients: &Clients) -> Result<(), TestCaseError> {
     for i in 0..KEYS {
         let k = key(i);
         prop_assert_eq!(store.get(&k).map(|e| e.value.to_vec()), model.get(&k).cloned(), "key {}", i);
     }
     prop_assert_eq!(store.stats().keys as usize, model.len());
+    for c in 1..=3u64 {
+        prop_assert_eq!(store.client_entry(c), clients.get(&c).copied(), "client {}", c);
+    }
+    prop_assert_eq!(store.client_count(), clients.len());
     Ok(())
+}
+
+/// Notes a write that produced a record at `lsn`.
+fn wrote(clients: &mut Clients, meta: WriteMeta, lsn: Lsn) {
+    if meta.client_id != 0 {
+        clients.insert(meta.client_id, ClientEntry { request_id: meta.request_id, lsn, version: lsn.0 });
+    }
 }
 
 fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut store = Store::open(dir, opts()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let meta = WriteMeta::default();
+    let mut clients = Clients::new();
     for (n, op) in ops.into_iter().enumerate() {
         let salt = n as u64;
+        let meta = WriteMeta { client_id: salt % 4, request_id: 100 + salt };
         match op {
             Op::Put { key: i, len, fill } => {
                 let k = key(i);
@@ -78,6 +93,7 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let max = store.options().max_value_len_for(k.len());
                 match store.put(&k, &v, meta) {
                     Ok(lsn) => {
+                        wrote(&mut clients, meta, lsn);
                         prop_assert!(v.len() <= max);
                         prop_assert_eq!(store.get(&k).map(|e| e.version), Some(lsn.0));
                         model.insert(k, v);
@@ -90,6 +106,9 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let k = key(i);
                 let r = store.delete(&k, meta).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(r.is_some(), model.remove(&k).is_some());
+                if let Some(lsn) = r {
+                    wrote(&mut clients, meta, lsn);
+                }
             }
             Op::Append { key: i, len, fill } => {
                 let k = key(i);
@@ -97,7 +116,8 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut want = model.get(&k).cloned().unwrap_or_default();
                 want.extend_from_slice(&suffix);
                 match store.append(&k, &suffix, meta) {
-                    Ok(_) => {
+                    Ok(lsn) => {
+                        wrote(&mut clients, meta, lsn);
                         model.insert(k, want);
                     }
                     Err(StorageError::ValueTooLong { len, max }) => {
@@ -121,7 +141,7 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
         }
-        check(&store, &model)?;
+        check(&store, &model, &clients)?;
     }
     // The live iterator and the log agree with the model.
     let mut live: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
@@ -142,7 +162,7 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // And a final reopen sees the same.
     drop(store);
     let store = Store::open(dir, opts()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    check(&store, &model)
+    check(&store, &model, &clients)
 }
 
 proptest! {

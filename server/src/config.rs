@@ -33,6 +33,8 @@ pub struct Config {
     pub send_buffer: Option<usize>,
     /// SO_RCVBUF for client sockets; `None` leaves the kernel's autotuning alone.
     pub recv_buffer: Option<usize>,
+    /// Cluster mode (`--coordinator`); `None` runs standalone.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             backlog: 1024,
             send_buffer: None,
             recv_buffer: None,
+            cluster: None,
         }
     }
 }
@@ -63,6 +66,10 @@ pub enum ConfigError {
     NoConnections,
     /// The auth token is empty.
     EmptyToken,
+    /// Cluster mode on a non-loopback address (or coordinator) without a cluster secret.
+    ClusterWithoutSecret,
+    /// Cluster mode listening on an unspecified address without `--advertise`.
+    NoAdvertise(SocketAddr),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -74,6 +81,14 @@ impl std::fmt::Display for ConfigError {
             ),
             ConfigError::NoConnections => f.write_str("--max-connections must be at least 1"),
             ConfigError::EmptyToken => f.write_str("the auth token is empty"),
+            ConfigError::ClusterWithoutSecret => f.write_str(
+                "refusing cluster mode over non-loopback addresses without --cluster-secret FILE (or pass --insecure)",
+            ),
+            ConfigError::NoAdvertise(addr) => write!(
+                f,
+                "listening on {addr} in cluster mode needs --advertise ADDR: peers and clients must be told a \
+                 concrete address"
+            ),
         }
     }
 }
@@ -94,6 +109,18 @@ impl Config {
         }
         if !self.listen.ip().is_loopback() && self.auth_token.is_none() && !self.insecure {
             return Err(ConfigError::ExposedWithoutAuth(self.listen));
+        }
+        if let Some(c) = &self.cluster {
+            let advertise = c.advertise.unwrap_or(self.listen);
+            let exposed = !self.listen.ip().is_loopback()
+                || !advertise.ip().is_loopback()
+                || c.coordinators.iter().any(|a| !a.ip().is_loopback());
+            if exposed && c.key.is_none() && !self.insecure {
+                return Err(ConfigError::ClusterWithoutSecret);
+            }
+            if advertise.ip().is_unspecified() {
+                return Err(ConfigError::NoAdvertise(self.listen));
+            }
         }
         Ok(())
     }

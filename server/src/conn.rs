@@ -5,6 +5,7 @@
 //! (under 4 KiB) between reads and the replies the kernel would not take yet, so an idle
 //! connection costs a few hundred bytes however busy it once was.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -47,9 +48,12 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The start of a frame whose rest has not arrived (always under one frame).
     pub partial: Vec<u8>,
-    /// Replies the kernel has not taken yet, or held for a group commit; `out[out_pos..]`
-    /// is pending.
+    /// Replies the kernel has not taken yet, or held until the commit point covers them;
+    /// `out[out_pos..]` is pending.
     pub out: Vec<u8>,
+    /// Held replies: (offset in `out` where a reply starts, LSN the commit point must reach
+    /// before it may leave). Replies leave in order, so nothing after a held one leaves either.
+    pub gates: VecDeque<(usize, u64)>,
     /// How much of `out` the kernel has taken.
     pub out_pos: usize,
     /// Protocol state (authentication).
@@ -75,6 +79,7 @@ impl Conn {
             partial: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            gates: VecDeque::new(),
             session,
             last_active: now,
             queued: false,
@@ -131,27 +136,51 @@ impl Conn {
         self.partial.extend_from_slice(bytes);
     }
 
-    /// Sends replies: straight to the socket when nothing is queued before them, and
+    /// Where the replies that may leave now end: at the first one the commit point does not
+    /// cover yet.
+    pub fn releasable(&mut self, committed: u64) -> usize {
+        while self.gates.front().is_some_and(|&(_, lsn)| lsn <= committed) {
+            self.gates.pop_front();
+        }
+        self.gates.front().map_or(self.out.len(), |g| g.0)
+    }
+
+    /// Whether some replies wait for the commit point.
+    pub fn is_held(&self) -> bool {
+        !self.gates.is_empty()
+    }
+
+    /// Sends replies: straight to the socket when nothing is queued or held before them, and
     /// whatever the kernel does not take is queued. Returns bytes written now.
     ///
     /// # Errors
     /// A write error other than `WouldBlock`: the connection is dead.
-    pub fn send(&mut self, replies: &[u8]) -> io::Result<usize> {
-        if self.pending_out() > 0 {
+    pub fn send(&mut self, replies: &[u8], committed: u64) -> io::Result<usize> {
+        if self.pending_out() > 0 || self.is_held() {
             self.out.extend_from_slice(replies);
-            return self.flush();
+            return self.flush(committed);
         }
         let written = write_some(&mut self.stream, replies)?;
         self.out.extend_from_slice(&replies[written..]);
         Ok(written)
     }
 
-    /// Writes queued replies until done or the socket would block; returns bytes written.
+    /// Queues replies, some of which wait for the commit point: `gates` holds (offset in
+    /// `replies`, LSN needed) in order.
+    pub fn queue(&mut self, replies: &[u8], gates: &[(usize, u64)]) {
+        let base = self.out.len();
+        self.out.extend_from_slice(replies);
+        self.gates.extend(gates.iter().map(|&(off, lsn)| (base + off, lsn)));
+    }
+
+    /// Writes queued replies the commit point covers, until done or the socket would block;
+    /// returns bytes written.
     ///
     /// # Errors
     /// A write error other than `WouldBlock`: the connection is dead.
-    pub fn flush(&mut self) -> io::Result<usize> {
-        let written = write_some(&mut self.stream, &self.out[self.out_pos..])?;
+    pub fn flush(&mut self, committed: u64) -> io::Result<usize> {
+        let end = self.releasable(committed);
+        let written = write_some(&mut self.stream, &self.out[self.out_pos..end])?;
         self.out_pos += written;
         if self.out_pos == self.out.len() {
             // Everything sent: reuse the buffer from the start, keeping its capacity.
@@ -174,7 +203,7 @@ impl Conn {
 }
 
 /// Writes as much of `data` as the socket takes without blocking.
-fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+pub(crate) fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
         match stream.write(&data[written..]) {

@@ -1,12 +1,17 @@
-//! The mio event loop: accepts clients, reads frames, runs them through the [`Handler`],
-//! commits writes as a group when durability demands it, and writes replies back.
+//! The mio event loop: accepts clients, reads frames, runs them through the [`Node`], commits
+//! writes as a group when durability demands it, replicates them in a cluster, and writes
+//! replies back once the commit point covers them.
 //!
 //! One thread does everything, so the store needs no locks and replies leave in request
 //! order. Per iteration: poll (timeout = next deadline, zero if work is queued); note which
-//! connections are readable/writable; read each ready connection up to a budget and execute
-//! every whole frame; with `--fsync always`, sync the store once for the whole batch before
-//! any reply of it is written (group commit); write replies, one `write` per connection for
-//! all of its replies; then run storage ticks and the idle sweep.
+//! sockets are readable/writable; read each ready client connection up to a budget and
+//! execute every whole frame; stream new records to backups; read acknowledgements (or, on a
+//! backup, apply records); with `--fsync always`, sync the store once for the whole batch
+//! (group commit); release the replies the commit point now covers, one `write` per
+//! connection; then replica ticks (heartbeats, lease beacons), storage ticks and the idle
+//! sweep. A reply that shows data waits for the commit point to reach what was written before
+//! it: standalone that is immediate (or the group commit); in a cluster it is every backup's
+//! acknowledgement.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -21,14 +26,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 use storage::{Durability, StorageError, Store};
 use wire::{Command, Frame, Status, FRAME_LEN};
 
+use crate::cluster::{ClusterError, ClusterIo, Effects, HEARTBEAT_TOKEN, PEER_TOKEN_BASE};
 use crate::config::{Config, ConfigError};
 use crate::conn::{Conn, READ_BUDGET, READ_CHUNK};
-use crate::handler::{Disposition, Handler};
+use crate::handler::Disposition;
+use crate::node::Node;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const WAKER: Token = Token(2);
-// Tokens 3..16 are kept for the replication listener, heartbeat socket and peers.
+// Token 3 is the heartbeat socket (`cluster::HEARTBEAT_TOKEN`); 4..16 are kept. Client
+// connections count up from FIRST_CONN, replication peers from `cluster::PEER_TOKEN_BASE`.
 const FIRST_CONN: usize = 16;
 
 /// How often idle connections are looked for.
@@ -52,6 +60,10 @@ pub enum ServerError {
         /// Why.
         source: io::Error,
     },
+    /// Cluster mode could not start.
+    Cluster(ClusterError),
+    /// Replication state could not be kept safely; the server stopped.
+    Fatal(String),
     /// An unexpected I/O failure of the loop itself (poll, registration).
     Io {
         /// What was being done.
@@ -67,6 +79,8 @@ impl std::fmt::Display for ServerError {
             ServerError::Config(e) => write!(f, "{e}"),
             ServerError::Storage(e) => write!(f, "storage: {e}"),
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Cluster(e) => write!(f, "{e}"),
+            ServerError::Fatal(e) => write!(f, "{e}"),
             ServerError::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -77,6 +91,8 @@ impl std::error::Error for ServerError {
         match self {
             ServerError::Config(e) => Some(e),
             ServerError::Storage(e) => Some(e),
+            ServerError::Cluster(e) => Some(e),
+            ServerError::Fatal(_) => None,
             ServerError::Bind { source, .. } | ServerError::Io { source, .. } => Some(source),
         }
     }
@@ -115,13 +131,17 @@ pub struct Server {
     conns: Slab<Conn>,
     /// Connections that may have unread data: read them without waiting for an event.
     ready: Vec<usize>,
-    /// Connections with replies held back until the group commit.
+    /// Connections with replies waiting for the commit point.
     held: Vec<usize>,
     /// Where every read lands: a partial frame carried over, then one read's bytes.
     scratch_in: Vec<u8>,
     /// Where replies are encoded before going straight to a socket.
     scratch_out: Vec<u8>,
-    handler: Handler,
+    /// Gates of the replies in `scratch_out`: (offset, LSN needed).
+    scratch_gates: Vec<(usize, u64)>,
+    node: Node,
+    /// The replication side, in cluster mode.
+    cluster: Option<ClusterIo>,
     config: Config,
 }
 
@@ -152,6 +172,21 @@ impl Server {
         let mut listener = bind_listener(config.listen, config.backlog)
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(io_err("reading the bound address"))?;
+        let mut node = Node::new(store, config.durability, config.auth_token.clone());
+        let cluster = match &config.cluster {
+            Some(settings) => Some(
+                ClusterIo::start(
+                    settings.clone(),
+                    config.data_dir.clone(),
+                    &mut node,
+                    local_addr,
+                    poll.registry(),
+                    config.auth_token.clone(),
+                )
+                .map_err(ServerError::Cluster)?,
+            ),
+            None => None,
+        };
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(io_err("registering the listener"))?;
@@ -169,7 +204,9 @@ impl Server {
             held: Vec::new(),
             scratch_in: vec![0; FRAME_LEN + READ_CHUNK],
             scratch_out: Vec::with_capacity(READ_CHUNK),
-            handler: Handler::new(store, config.auth_token.clone()),
+            scratch_gates: Vec::new(),
+            node,
+            cluster,
             config,
         })
     }
@@ -204,46 +241,119 @@ impl Server {
     /// answers what has arrived, syncs the store and returns.
     ///
     /// # Errors
-    /// Only if the loop itself fails (poll errors); client misbehaviour never ends it.
+    /// Only if the loop itself fails (poll errors), or in a cluster when the replica's
+    /// metadata cannot be persisted; client misbehaviour never ends it.
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+        if self.cluster.is_some() {
+            // The first heartbeat goes out at once.
+            self.tick_replica();
+        }
         loop {
             let now = Instant::now();
             let timeout = self.poll_timeout(now, next_sweep);
             self.poll_events(&mut events, timeout)?;
             let started = Instant::now();
+            let mut effects = Effects::default();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(started),
                     SIGNALS => self.take_signals(),
                     WAKER => {}
-                    Token(t) => self.note_event(t.wrapping_sub(FIRST_CONN), event, started),
+                    HEARTBEAT_TOKEN => {
+                        if let Some(c) = self.cluster.as_mut() {
+                            c.on_udp_readable(&mut self.node, self.poll.registry(), &mut effects);
+                        }
+                    }
+                    Token(t) if t >= PEER_TOKEN_BASE => {
+                        if let Some(c) = self.cluster.as_mut() {
+                            c.on_peer_event(
+                                t - PEER_TOKEN_BASE,
+                                event,
+                                &mut self.node,
+                                self.poll.registry(),
+                                &mut effects,
+                            );
+                        }
+                    }
+                    Token(t) if t >= FIRST_CONN => self.note_event(t - FIRST_CONN, event, started),
+                    Token(t) => log::debug!("event for unknown token {t}"),
                 }
             }
-            self.service_ready(started);
+            self.service_ready(started, &mut effects);
+            self.replicate(&mut effects);
             self.commit_and_flush();
-            if let Err(e) = self.handler.store_mut().tick(started) {
+            self.after_effects(effects);
+            if self.cluster.is_some() {
+                self.tick_replica();
+            }
+            if let Err(e) = self.node.store.tick(started) {
                 log::error!("storage background work failed: {e}");
             }
             if started >= next_sweep {
                 self.sweep(started);
                 next_sweep = started + SWEEP_INTERVAL;
             }
-            self.handler.stats.loop_busy_us.record(started.elapsed().as_micros() as u64);
+            self.node.stats.loop_busy_us.record(started.elapsed().as_micros() as u64);
+            if let Some(why) = self.node.fatal.take() {
+                log::error!("stopping: {why}");
+                return Err(ServerError::Fatal(why));
+            }
             if self.stop.load(Ordering::SeqCst) {
                 return self.shut_down(&mut events);
             }
         }
     }
 
+    /// Cluster work after the client batch: apply what peers sent, stream new records to
+    /// backups, and send what is queued.
+    fn replicate(&mut self, effects: &mut Effects) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        let registry = self.poll.registry();
+        c.service_ready(&mut self.node, registry, effects);
+        self.node.log_moved();
+        c.pump(&mut self.node, registry, effects);
+        c.flush(&mut self.node, registry);
+    }
+
+    /// Heartbeats, beacons and reconnects when due.
+    fn tick_replica(&mut self) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        let now = self.node.clock.now();
+        let due = self.node.replica.as_ref().is_some_and(|r| now >= r.next_deadline());
+        let mut effects = Effects::default();
+        if due {
+            if let Some(r) = self.node.replica.as_mut() {
+                r.handle_tick(now);
+            }
+            c.drain(&mut self.node, self.poll.registry(), &mut effects);
+            c.flush(&mut self.node, self.poll.registry());
+        }
+        self.after_effects(effects);
+    }
+
+    fn after_effects(&mut self, effects: Effects) {
+        if effects.stepped_down && !self.held.is_empty() {
+            // Writes behind these replies may or may not survive: the client must not be told
+            // either way. A closed connection says "unknown"; it retries elsewhere.
+            log::warn!("stepped down: closing {} connections whose replies were waiting", self.held.len());
+            for key in std::mem::take(&mut self.held) {
+                self.close(key);
+            }
+        }
+    }
+
     fn poll_timeout(&self, now: Instant, next_sweep: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.cluster.as_ref().is_some_and(|c| c.has_ready()) {
             return Some(Duration::ZERO);
         }
         let mut deadline = next_sweep;
-        if let Some(store_deadline) = self.handler.store().next_deadline() {
+        if let Some(store_deadline) = self.node.store.next_deadline() {
             deadline = deadline.min(store_deadline);
+        }
+        if let Some(r) = self.node.replica.as_ref() {
+            deadline = deadline.min(self.node.clock.instant(r.next_deadline()));
         }
         Some(deadline.saturating_duration_since(now))
     }
@@ -300,7 +410,7 @@ impl Server {
                 }
             };
             if self.conns.len() >= self.config.max_connections {
-                self.handler.stats.connections_refused += 1;
+                self.node.stats.connections_refused += 1;
                 log::warn!("refusing {peer}: at the limit of {} connections", self.config.max_connections);
                 refuse_busy(stream);
                 continue;
@@ -308,7 +418,7 @@ impl Server {
             configure_socket(&stream, &self.config);
             let entry = self.conns.vacant_entry();
             let token = Token(FIRST_CONN + entry.key());
-            let mut conn = Conn::new(stream, peer, self.handler.new_session(), now);
+            let mut conn = Conn::new(stream, peer, self.node.new_session(), now);
             if let Err(e) = self.poll.registry().register(
                 &mut conn.stream,
                 token,
@@ -318,23 +428,24 @@ impl Server {
                 continue;
             }
             entry.insert(conn);
-            self.handler.stats.connections += 1;
-            self.handler.stats.connections_total += 1;
+            self.node.stats.connections += 1;
+            self.node.stats.connections_total += 1;
             log::debug!("accepted {peer}");
         }
     }
 
     fn note_event(&mut self, key: usize, event: &mio::event::Event, now: Instant) {
+        let committed = self.node.committed();
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this iteration
         };
         if event.is_writable() && conn.pending_out() > 0 {
             let was_backpressured = conn.is_backpressured();
-            match conn.flush() {
+            match conn.flush(committed) {
                 Ok(n) => {
                     if n > 0 {
                         conn.last_active = now;
-                        self.handler.stats.bytes_out += n as u64;
+                        self.node.stats.bytes_out += n as u64;
                     }
                 }
                 Err(e) => {
@@ -364,10 +475,10 @@ impl Server {
     }
 
     /// Reads and executes every ready connection, once each, within its budget.
-    fn service_ready(&mut self, now: Instant) {
+    fn service_ready(&mut self, now: Instant, effects: &mut Effects) {
         let ready = std::mem::take(&mut self.ready);
         for &key in &ready {
-            self.service(key, now);
+            self.service(key, now, effects);
         }
         // Reuse the list's allocation next time.
         let mut ready = ready;
@@ -378,44 +489,65 @@ impl Server {
     }
 
     /// Reads one connection into the shared scratch buffer, executes every whole frame in
-    /// place, and sends the replies: at once, or after the group commit with `always`.
-    fn service(&mut self, key: usize, now: Instant) {
-        let hold = matches!(self.config.durability, Durability::Always);
+    /// place, and sends the replies: at once when the commit point covers them, otherwise
+    /// they are queued on the connection until it does.
+    fn service(&mut self, key: usize, now: Instant, effects: &mut Effects) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.queued = false;
         let mut budget = READ_BUDGET;
         let mut frames = 0u64;
         let mut failed = false;
+        let mut upgrade: Option<(usize, usize)> = None;
+        let time = self.node.clock.now();
         while !conn.read_closed && !conn.is_backpressured() {
             let fill = conn.fill(&mut self.scratch_in);
-            self.handler.stats.bytes_in += fill.read as u64;
+            self.node.stats.bytes_in += fill.read as u64;
             let whole = fill.filled - fill.filled % FRAME_LEN;
-            // Replies go to the shared buffer and straight to the socket, unless they must
-            // wait behind earlier replies or for the group commit.
-            let direct = !hold && conn.pending_out() == 0;
-            let out = if direct { &mut self.scratch_out } else { &mut conn.out };
-            self.handler.prefetch_gets(&self.scratch_in[..whole], &conn.session);
-            for chunk in self.scratch_in[..whole].chunks_exact(FRAME_LEN) {
-                let Some(bytes) = chunk.first_chunk::<FRAME_LEN>() else { break };
+            self.scratch_out.clear();
+            self.scratch_gates.clear();
+            self.node.prefetch_gets(&self.scratch_in[..whole], &conn.session);
+            let mut at = 0;
+            while at < whole {
+                let Some(bytes) = self.scratch_in[at..].first_chunk::<FRAME_LEN>() else { break };
+                at += FRAME_LEN;
                 frames += 1;
-                if self.handler.handle_frame(bytes, &mut conn.session, out) == Disposition::Close {
+                let sealed = self.cluster.as_ref().map(|c| c.has_key());
+                // A handshake needs AUTH first when the server has a token and the cluster no
+                // secret; with a secret, its MAC is what lets it in.
+                if sealed.is_some_and(|k| k || conn.session.authenticated) && is_repl_hello(bytes) {
+                    // A primary's handshake: the rest of this connection is replication.
+                    upgrade = Some((at - FRAME_LEN, fill.filled));
+                    break;
+                }
+                let start = self.scratch_out.len();
+                let outcome = self.node.handle_frame(bytes, &mut conn.session, &mut self.scratch_out, time);
+                if outcome.needs > 0 && outcome.needs > self.node.committed() {
+                    self.scratch_gates.push((start, outcome.needs));
+                }
+                if outcome.disposition == Disposition::Close {
                     conn.read_closed = true;
                     break;
                 }
             }
+            if upgrade.is_some() {
+                break;
+            }
             if !conn.read_closed {
                 conn.keep_partial(&self.scratch_in[whole..fill.filled]);
             }
-            if direct && !self.scratch_out.is_empty() {
-                let sent = conn.send(&self.scratch_out);
-                self.scratch_out.clear();
-                match sent {
-                    Ok(n) => self.handler.stats.bytes_out += n as u64,
-                    Err(e) => {
-                        log::debug!("write to {} failed: {e}", conn.peer);
-                        failed = true;
-                        break;
+            if !self.scratch_out.is_empty() {
+                if self.scratch_gates.is_empty() {
+                    let committed = self.node.committed();
+                    match conn.send(&self.scratch_out, committed) {
+                        Ok(n) => self.node.stats.bytes_out += n as u64,
+                        Err(e) => {
+                            log::debug!("write to {} failed: {e}", conn.peer);
+                            failed = true;
+                            break;
+                        }
                     }
+                } else {
+                    conn.queue(&self.scratch_out, &self.scratch_gates);
                 }
             }
             if fill.eof {
@@ -436,51 +568,94 @@ impl Server {
         if frames > 0 {
             conn.last_active = now;
         }
+        if let Some((at, end)) = upgrade {
+            self.upgrade(key, at, end, effects);
+            return;
+        }
         if failed {
             self.close(key);
-        } else if hold && conn.pending_out() > 0 {
-            self.held.push(key);
+        } else if conn.is_held() {
+            if !self.held.contains(&key) {
+                self.held.push(key);
+            }
+            self.flush_or_close(key, now);
         } else {
             self.flush_or_close(key, now);
         }
     }
 
-    /// Group commit: one sync makes every write of this iteration durable, then the replies
-    /// held for it go out. If the sync fails, those replies would promise durability that
-    /// does not exist, so their connections are closed unanswered instead.
+    /// Hands a client connection whose next frame (at `at` in the scratch buffer, which holds
+    /// data up to `end`) is a replication handshake over to the replication driver.
+    fn upgrade(&mut self, key: usize, at: usize, end: usize, effects: &mut Effects) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        self.held.retain(|&k| k != key);
+        self.node.stats.connections -= 1;
+        if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
+            log::debug!("deregistering {}: {e}", conn.peer);
+        }
+        // Replies to frames before the handshake go first.
+        let committed = self.node.committed();
+        if conn.pending_out() > 0 {
+            let _ = conn.flush(committed);
+        }
+        let mut hello = [0u8; FRAME_LEN];
+        hello.copy_from_slice(&self.scratch_in[at..at + FRAME_LEN]);
+        let rest = self.scratch_in[at + FRAME_LEN..end].to_vec();
+        let Some(cluster) = self.cluster.as_mut() else { return };
+        log::debug!("{} opens a replication stream", conn.peer);
+        if let Err((mut stream, reply)) =
+            cluster.accept_upstream(conn.stream, &hello, &rest, &mut self.node, self.poll.registry(), effects)
+        {
+            // Refused: say why, then close.
+            let _ = crate::conn::write_some(&mut stream, &reply);
+        }
+    }
+
+    /// Group commit (`--fsync always`): one sync makes every write of this iteration durable.
+    /// Then the replies the commit point covers go out. If the sync fails, the waiting replies
+    /// would promise durability that does not exist, so their connections are closed
+    /// unanswered instead.
     fn commit_and_flush(&mut self) {
+        if matches!(self.config.durability, Durability::Always) && self.node.unsynced_writes() > 0 {
+            if let Err(e) = self.node.sync() {
+                log::error!("group commit failed, closing {} connections unanswered: {e}", self.held.len());
+                for key in std::mem::take(&mut self.held) {
+                    self.close(key);
+                }
+            }
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.send_acks(&mut self.node);
+            c.flush(&mut self.node, self.poll.registry());
+        }
+        self.release_held();
+    }
+
+    /// Sends held replies the commit point now covers.
+    fn release_held(&mut self) {
         if self.held.is_empty() {
             return;
         }
-        let held = std::mem::take(&mut self.held);
-        let synced = match self.handler.sync() {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!("group commit failed, closing {} connections unanswered: {e}", held.len());
-                false
-            }
-        };
         let now = Instant::now();
+        let held = std::mem::take(&mut self.held);
         for &key in &held {
-            if synced {
-                self.flush_or_close(key, now);
-            } else {
-                self.close(key);
+            self.flush_or_close(key, now);
+            if self.conns.get(key).is_some_and(|c| c.is_held()) {
+                self.held.push(key);
             }
         }
-        self.held = held;
-        self.held.clear();
     }
 
     fn flush_or_close(&mut self, key: usize, now: Instant) {
+        let committed = self.node.committed();
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.pending_out() > 0 {
-            match conn.flush() {
+            match conn.flush(committed) {
                 Ok(n) => {
                     if n > 0 {
                         conn.last_active = now;
                     }
-                    self.handler.stats.bytes_out += n as u64;
+                    self.node.stats.bytes_out += n as u64;
                 }
                 Err(e) => {
                     log::debug!("write to {} failed: {e}", conn.peer);
@@ -499,7 +674,7 @@ impl Server {
             if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
                 log::debug!("deregistering {}: {e}", conn.peer);
             }
-            self.handler.stats.connections -= 1;
+            self.node.stats.connections -= 1;
             log::debug!("closed {}", conn.peer);
         }
     }
@@ -510,7 +685,7 @@ impl Server {
         let mut expired = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
             let quiet = now.saturating_duration_since(conn.last_active);
-            if timeout.is_some_and(|t| quiet >= t) {
+            if timeout.is_some_and(|t| quiet >= t) && !conn.is_held() {
                 expired.push(key);
             } else if quiet >= RELEASE_AFTER {
                 conn.release_buffers();
@@ -520,7 +695,7 @@ impl Server {
             if let Some(conn) = self.conns.get(key) {
                 log::debug!("closing idle connection {}", conn.peer);
             }
-            self.handler.stats.connections_timed_out += 1;
+            self.node.stats.connections_timed_out += 1;
             self.close(key);
         }
         // A listener that hit EMFILE gets no new edge for the connections still queued.
@@ -547,18 +722,40 @@ impl Server {
         // Answer everything already received (each connection until drained or paused).
         let mut rounds = 0;
         while !self.ready.is_empty() && rounds < 1000 {
-            self.service_ready(now);
+            let mut effects = Effects::default();
+            self.service_ready(now, &mut effects);
+            self.replicate(&mut effects);
             self.commit_and_flush();
+            self.after_effects(effects);
             rounds += 1;
         }
-        if let Err(e) = self.handler.store_mut().sync() {
+        if let Err(e) = self.node.store.sync() {
             log::error!("final sync failed: {e}");
             return Err(ServerError::Storage(e));
         }
-        // Deliver replies still queued for slow readers, for a bounded time.
+        // Deliver replies still queued for slow readers (and, in a cluster, those waiting for
+        // backups' acknowledgements), for a bounded time.
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.conns.iter().any(|(_, c)| c.pending_out() > 0) && Instant::now() < deadline {
-            self.poll_once(events, Some(Duration::from_millis(50)))?;
+            self.poll_once(events, Some(Duration::from_millis(20)))?;
+            let mut effects = Effects::default();
+            for event in events.iter() {
+                let Token(t) = event.token();
+                if t >= PEER_TOKEN_BASE {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.on_peer_event(
+                            t - PEER_TOKEN_BASE,
+                            event,
+                            &mut self.node,
+                            self.poll.registry(),
+                            &mut effects,
+                        );
+                    }
+                }
+            }
+            self.replicate(&mut effects);
+            self.commit_and_flush();
+            self.after_effects(effects);
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for key in keys {
                 self.flush_or_close(key, Instant::now());
@@ -571,6 +768,14 @@ impl Server {
         log::info!("shut down cleanly");
         Ok(())
     }
+}
+
+/// Whether a fixed frame is a replication handshake (read without validating it; the
+/// replication driver does).
+fn is_repl_hello(frame: &[u8; FRAME_LEN]) -> bool {
+    frame[wire::header::COMMAND_OFFSET..wire::header::FLAGS_OFFSET]
+        == wire::cluster::REPL_HELLO.0.to_le_bytes()
+        && frame[..3] == wire::header::MAGIC
 }
 
 /// Per-connection socket options: no Nagle delay (replies are whole frames already), and

@@ -1,12 +1,14 @@
-//! Request → storage → reply. Knows frames and the store, nothing about sockets.
+//! Request → storage → reply, as methods of [`Node`]. Knows frames, the store and whether
+//! this server may serve; nothing about sockets.
 
 use std::fmt::Write as _;
-use std::time::Instant;
 
-use storage::{StorageError, Store, WriteMeta};
+use storage::{StorageError, WriteMeta};
 use wire::{Command, DecodeError, Frame, Request, Status, FRAME_LEN};
 
-use crate::stats::Stats;
+pub use crate::node::Node;
+use crate::replica::NotServing;
+use crate::time::Time;
 
 /// Per-connection protocol state the handler needs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,43 +26,25 @@ pub enum Disposition {
     Close,
 }
 
-/// Executes requests against the store and encodes replies.
-pub struct Handler {
-    store: Store,
-    auth_token: Option<Vec<u8>>,
-    started: Instant,
-    /// Counters for STATS.
-    pub stats: Stats,
-    /// Writes applied since the last [`Handler::sync`]: their replies wait for it when the
-    /// durability mode is `always`.
-    unsynced_writes: u64,
-    /// Reused for STATS and error texts, so replies never allocate after warm-up.
-    text: String,
+/// What the connection should do after a frame, and which LSN its reply waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameOutcome {
+    /// Go on, or close after the replies queued so far.
+    pub disposition: Disposition,
+    /// The reply may leave only once [`Node::committed`] reaches this (0: at once). A reply
+    /// that shows data (a read, a write's version, NOT_FOUND, CONFLICT) waits for everything
+    /// written before it was executed: otherwise a client could see a write that a failover
+    /// (or a crash, with `--fsync always`) then loses.
+    pub needs: u64,
 }
 
-impl Handler {
-    /// A handler over an open store.
-    pub fn new(store: Store, auth_token: Option<Vec<u8>>) -> Self {
-        Handler {
-            store,
-            auth_token,
-            started: Instant::now(),
-            stats: Stats::default(),
-            unsynced_writes: 0,
-            text: String::new(),
-        }
+impl FrameOutcome {
+    const fn now(disposition: Disposition) -> Self {
+        FrameOutcome { disposition, needs: 0 }
     }
+}
 
-    /// The store, read-only.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The store, for ticks and shutdown.
-    pub fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
-    }
-
+impl Node {
     /// Starts loading the records that the GETs among `frames` (whole frames, back to back)
     /// will read, so that their cache misses overlap; see [`storage::Store::prefetch`]. Frames
     /// are not validated here: a damaged one costs at most a wasted load, and is refused when
@@ -83,45 +67,54 @@ impl Handler {
         Session { authenticated: self.auth_token.is_none() }
     }
 
-    /// Writes applied but not yet synced.
-    pub fn unsynced_writes(&self) -> u64 {
-        self.unsynced_writes
-    }
-
-    /// Makes every applied write durable (one msync for the whole batch: group commit).
-    ///
-    /// # Errors
-    /// The storage error; the store then refuses writes until reopened.
-    pub fn sync(&mut self) -> Result<(), StorageError> {
-        if self.unsynced_writes > 0 {
-            self.store.sync()?;
-            self.stats.syncs += 1;
-            self.unsynced_writes = 0;
-        }
-        Ok(())
-    }
-
-    /// Decodes one frame, executes it and appends exactly one reply frame to `out`.
+    /// Decodes one frame, executes it and appends exactly one reply frame to `out`. `now` is
+    /// the replica's clock, for the lease check.
     pub fn handle_frame(
         &mut self,
         bytes: &[u8; FRAME_LEN],
         session: &mut Session,
         out: &mut Vec<u8>,
-    ) -> Disposition {
+        now: Time,
+    ) -> FrameOutcome {
         let frame = match Frame::decode(bytes) {
             Ok(frame) => frame,
-            Err(e) => return self.refuse(&e, Command(0), out),
+            Err(e) => return FrameOutcome::now(self.refuse(&e, Command(0), out)),
         };
         let request = match Request::parse(&frame) {
             Ok(request) => request,
-            Err(e) => return self.refuse(&e, frame.command, out),
+            Err(e) => return FrameOutcome::now(self.refuse(&e, frame.command, out)),
         };
         if !session.authenticated {
-            return self.authenticate(&frame, request, session, out);
+            return FrameOutcome::now(self.authenticate(&frame, request, session, out));
         }
         self.stats.count_op(request.command());
-        self.execute(&frame, request, out);
-        Disposition::Continue
+        if !matches!(request, Request::Ping { .. } | Request::Stats | Request::Auth { .. }) {
+            if let Some(refusal) = self.refusal(now) {
+                self.refuse_here(&frame, refusal, out);
+                return FrameOutcome::now(Disposition::Continue);
+            }
+        }
+        let needs = self.execute(&frame, request, out);
+        FrameOutcome { disposition: Disposition::Continue, needs }
+    }
+
+    /// In a cluster, why this server may not execute a request now.
+    fn refusal(&self, now: Time) -> Option<NotServing> {
+        self.replica.as_ref().and_then(|r| r.can_serve(now).err())
+    }
+
+    fn refuse_here(&mut self, frame: &Frame<'_>, why: NotServing, out: &mut Vec<u8>) {
+        match why {
+            NotServing::NotPrimary(hint) => {
+                self.stats.wrong_server += 1;
+                let hint = hint.unwrap_or_default();
+                push(out, Frame::reply(frame, Status::WRONG_SERVER, hint.as_bytes()));
+            }
+            NotServing::Unavailable(reason) => {
+                self.stats.unavailable += 1;
+                push(out, Frame::reply(frame, Status::UNAVAILABLE, reason.as_bytes()));
+            }
+        }
     }
 
     fn authenticate(
@@ -168,9 +161,13 @@ impl Handler {
         }
     }
 
-    fn execute(&mut self, frame: &Frame<'_>, request: Request<'_>, out: &mut Vec<u8>) {
+    /// Executes a request; returns the LSN its reply waits for (see [`FrameOutcome::needs`]).
+    fn execute(&mut self, frame: &Frame<'_>, request: Request<'_>, out: &mut Vec<u8>) -> u64 {
         match request {
-            Request::Ping { payload } => push(out, Frame::reply(frame, Status::OK, payload)),
+            Request::Ping { payload } => {
+                push(out, Frame::reply(frame, Status::OK, payload));
+                return 0;
+            }
             Request::Get { key } => match self.store.get(key) {
                 Some(entry) => {
                     self.stats.get_hits += 1;
@@ -182,24 +179,30 @@ impl Handler {
                 }
             },
             Request::Put { key, value, client_id, expected_version } => {
-                if self.conflicts(frame, key, expected_version, out) {
-                    return;
+                if self.answered_before(frame, client_id, out)
+                    || self.conflicts(frame, key, expected_version, out)
+                {
+                    return self.store.last_lsn().0;
                 }
                 let meta = WriteMeta { client_id, request_id: frame.id };
                 let result = self.store.put(key, value, meta).map(Some);
                 self.write_reply(frame, result, out);
             }
             Request::Delete { key, client_id, expected_version } => {
-                if self.conflicts(frame, key, expected_version, out) {
-                    return;
+                if self.answered_before(frame, client_id, out)
+                    || self.conflicts(frame, key, expected_version, out)
+                {
+                    return self.store.last_lsn().0;
                 }
                 let meta = WriteMeta { client_id, request_id: frame.id };
                 let result = self.store.delete(key, meta);
                 self.write_reply(frame, result, out);
             }
             Request::Append { key, value, client_id, expected_version } => {
-                if self.conflicts(frame, key, expected_version, out) {
-                    return;
+                if self.answered_before(frame, client_id, out)
+                    || self.conflicts(frame, key, expected_version, out)
+                {
+                    return self.store.last_lsn().0;
                 }
                 let meta = WriteMeta { client_id, request_id: frame.id };
                 let result = self.store.append(key, value, meta).map(Some);
@@ -207,11 +210,53 @@ impl Handler {
             }
             Request::Stats => {
                 let mut text = std::mem::take(&mut self.text);
-                self.stats.render(&mut text, self.started.elapsed(), &self.store.stats());
+                let now = self.clock.now();
+                let status = self.replica.as_ref().map(|r| r.status(now));
+                let id = self.replica.as_ref().map(|r| r.config().id.clone());
+                self.stats.render(
+                    &mut text,
+                    self.started.elapsed(),
+                    &self.store.stats(),
+                    self.store.client_count(),
+                    id.as_deref().zip(status.as_ref()),
+                );
                 push(out, Frame::reply(frame, Status::OK, text.as_bytes()));
                 self.text = text;
+                return 0;
             }
-            Request::Auth { .. } => push(out, Frame::reply(frame, Status::OK, b"")),
+            Request::Auth { .. } => {
+                push(out, Frame::reply(frame, Status::OK, b""));
+                return 0;
+            }
+        }
+        self.store.last_lsn().0
+    }
+
+    /// At-most-once: a write repeated with the client id and request id of the newest write
+    /// this server holds for that client gets that write's reply again, without being applied
+    /// twice. An older request id is refused: a newer write of that client was executed, and
+    /// this one's outcome cannot be told (its reply is long gone). Returns whether it answered.
+    fn answered_before(&mut self, frame: &Frame<'_>, client_id: u64, out: &mut Vec<u8>) -> bool {
+        if client_id == 0 {
+            return false;
+        }
+        let Some(entry) = self.store.client_entry(client_id) else { return false };
+        if frame.id == entry.request_id {
+            self.stats.retries_answered += 1;
+            push(out, Frame::reply(frame, Status::OK, b"").with_timestamp(entry.version));
+            true
+        } else if frame.id < entry.request_id {
+            self.stats.stale_requests += 1;
+            self.text.clear();
+            let _ = write!(
+                self.text,
+                "stale request id {}: client {client_id} already wrote request {}; the outcome of this one is unknown",
+                frame.id, entry.request_id
+            );
+            push(out, Frame::reply(frame, Status::BAD_REQUEST, self.text.as_bytes()));
+            true
+        } else {
+            false
         }
     }
 

@@ -14,11 +14,14 @@
 //! # Ok::<(), server::ServerError>(())
 //! ```
 
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod coordinator;
 pub mod event_loop;
 pub mod handler;
+pub mod meta;
+pub mod node;
 pub mod replica;
 pub mod secret;
 pub mod stats;

@@ -64,9 +64,35 @@ struct Args {
     #[arg(long, value_name = "BYTES")]
     so_rcvbuf: Option<usize>,
 
-    /// Coordinator (view service) address for replicated mode. Not available yet.
+    /// Run as a member of a replicated cluster: the coordinator (view service) address(es),
+    /// comma-separated. Heartbeats go to each over UDP.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    coordinator: Vec<SocketAddr>,
+
+    /// Cluster mode: this server's stable id (default: the one kept in the data directory, or
+    /// a new one generated on first start). Letters, digits, '-', '_', '.'.
+    #[arg(long, value_name = "NAME")]
+    id: Option<String>,
+
+    /// Cluster mode: the address registered with the coordinator, which clients and peers
+    /// dial (default: the listen address).
     #[arg(long, value_name = "ADDR")]
-    coordinator: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
+
+    /// Cluster mode: file holding the cluster secret (at least 16 bytes); heartbeats, replies
+    /// and replication connections are authenticated with it.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret: Option<PathBuf>,
+
+    /// Cluster mode: heartbeat interval in milliseconds (the coordinator's must match).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    ping_interval_ms: u64,
+
+    /// Cluster mode: how long a primary may serve after its backups last confirmed it, in
+    /// milliseconds. A new primary waits this long (plus the clock-drift margin) after its
+    /// last confirmation of the old one.
+    #[arg(long, default_value_t = 400, value_name = "MS")]
+    lease_ms: u64,
 }
 
 fn read_token(path: &PathBuf) -> Result<Vec<u8>, String> {
@@ -100,10 +126,45 @@ fn raise_fd_limit(max_connections: usize) {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if args.coordinator.is_some() {
-        return Err("--coordinator: replicated mode is not implemented yet; run without it".into());
-    }
     let auth_token = args.auth_token.as_ref().map(read_token).transpose()?;
+    let cluster = if args.coordinator.is_empty() {
+        for (set, flag) in [
+            (args.id.is_some(), "--id"),
+            (args.advertise.is_some(), "--advertise"),
+            (args.cluster_secret.is_some(), "--cluster-secret"),
+        ] {
+            if set {
+                return Err(format!("{flag} only applies in cluster mode (with --coordinator)"));
+            }
+        }
+        None
+    } else {
+        if args.ping_interval_ms == 0 || args.lease_ms == 0 {
+            return Err("--ping-interval-ms and --lease-ms must be at least 1".into());
+        }
+        let key = match &args.cluster_secret {
+            Some(path) => Some(
+                server::secret::Key::load(path)
+                    .map_err(|e| format!("--cluster-secret {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let lease = Duration::from_millis(args.lease_ms);
+        let replica = server::replica::Config {
+            ping_interval: Duration::from_millis(args.ping_interval_ms),
+            lease,
+            grace: lease * 2,
+            beacon_interval: (lease / 8).max(Duration::from_millis(1)),
+            ..server::replica::Config::default()
+        };
+        Some(server::cluster::ClusterSettings {
+            coordinators: args.coordinator.clone(),
+            id: args.id.clone(),
+            advertise: args.advertise,
+            key,
+            replica,
+        })
+    };
     raise_fd_limit(args.max_connections);
     let config = Config {
         listen: args.listen,
@@ -117,6 +178,7 @@ fn run(args: Args) -> Result<(), String> {
         segment_len: args.segment_mib.max(1) * 1024 * 1024,
         send_buffer: args.so_sndbuf,
         recv_buffer: args.so_rcvbuf,
+        cluster,
         ..Config::default()
     };
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;

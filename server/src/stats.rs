@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use wire::Command;
 
+use crate::replica::ReplicaStatus;
+
 /// Power-of-two latency buckets: cheap enough to record every loop iteration.
 #[derive(Debug, Clone)]
 pub struct Log2Histogram {
@@ -87,6 +89,24 @@ pub struct Stats {
     pub syncs: u64,
     /// Time each loop iteration spent working (from poll's return to the next poll), µs.
     pub loop_busy_us: Log2Histogram,
+    /// Requests answered WRONG_SERVER (this server is not the primary).
+    pub wrong_server: u64,
+    /// Requests answered UNAVAILABLE (a primary without a lease, or taking over).
+    pub unavailable: u64,
+    /// Retried writes answered from the at-most-once table instead of being applied again.
+    pub retries_answered: u64,
+    /// Writes refused because a newer request of the same client was already executed.
+    pub stale_requests: u64,
+    /// Replication: records applied from the primary (backups).
+    pub repl_records_in: u64,
+    /// Replication: records sent to peers (primary).
+    pub repl_records_out: u64,
+    /// Replication: snapshots sent to peers.
+    pub repl_snapshots_out: u64,
+    /// Replication: snapshots installed from the primary.
+    pub repl_snapshots_in: u64,
+    /// Cluster messages dropped for a bad MAC or a replayed sequence number.
+    pub auth_rejected: u64,
 }
 
 impl Stats {
@@ -102,8 +122,16 @@ impl Stats {
         self.ops.get(command.0 as usize).copied().unwrap_or(0)
     }
 
-    /// Renders the counters, plus the storage figures, as `name:value` lines.
-    pub fn render(&self, out: &mut String, uptime: Duration, store: &storage::Stats) {
+    /// Renders the counters, plus the storage figures and (in a cluster) the replica's state,
+    /// as `name:value` lines.
+    pub fn render(
+        &self,
+        out: &mut String,
+        uptime: Duration,
+        store: &storage::Stats,
+        clients: usize,
+        replica: Option<(&str, &ReplicaStatus)>,
+    ) {
         out.clear();
         let mut line = |name: &str, value: &dyn std::fmt::Display| {
             let _ = writeln!(out, "{name}:{value}");
@@ -139,6 +167,42 @@ impl Stats {
         line("loop_busy_us_p50", &self.loop_busy_us.quantile(0.5));
         line("loop_busy_us_p99", &self.loop_busy_us.quantile(0.99));
         line("loop_busy_us_max", &self.loop_busy_us.max());
+        line("at_most_once_clients", &clients);
+        line("retries_answered", &self.retries_answered);
+        line("stale_requests", &self.stale_requests);
+        line("wrong_server", &self.wrong_server);
+        line("unavailable", &self.unavailable);
+        match replica {
+            None => {
+                line("cluster", &0);
+                line("role", &"standalone");
+            }
+            Some((id, r)) => {
+                line("cluster", &1);
+                line("server_id", &id);
+                line("role", &r.role.name());
+                line("view", &r.view);
+                line("term", &r.last_term);
+                line("committed_lsn", &r.committed);
+                line("serving", &u8::from(r.serving));
+                line("lease_left_ms", &(r.lease_left_us / 1000));
+                line("backup_lag_max", &r.max_lag);
+                line("peers", &r.peers.len());
+                for p in &r.peers {
+                    let what = if p.member { "backup" } else { "learner" };
+                    line(
+                        &format!("peer_{}", p.id),
+                        &format_args!("{what},{},{},acked={}", p.link, p.sync, p.acked),
+                    );
+                }
+                line("repl_records_in", &self.repl_records_in);
+                line("repl_records_out", &self.repl_records_out);
+                line("repl_snapshots_in", &self.repl_snapshots_in);
+                line("repl_snapshots_out", &self.repl_snapshots_out);
+                line("auth_rejected", &self.auth_rejected);
+                line("coordinator_waiting", &r.waiting.replace('\n', " "));
+            }
+        }
     }
 }
 

@@ -736,12 +736,78 @@ pub fn decode_terms(body: &[u8]) -> Result<Vec<(u64, u64)>, BodyError> {
     Ok(out)
 }
 
+/// Appends a `GET_VIEW` request for `group` with request id `id` (one compact frame: send it
+/// as one datagram to the coordinator).
+pub fn encode_get_view(id: u64, group: u32, out: &mut Vec<u8>) {
+    let frame = crate::Frame { param: u64::from(group), ..crate::Frame::request(id, GET_VIEW, b"", b"") };
+    // A request with no key and no value is always within the limits.
+    let _ = frame.encode_compact_to(out);
+}
+
+/// Why a datagram is not a view reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewReplyError {
+    /// Not one valid compact frame.
+    Frame(crate::DecodeError),
+    /// A frame, but not an OK reply to `GET_VIEW` or `HEARTBEAT`.
+    NotAReply,
+    /// The view in it is malformed.
+    Body(BodyError),
+}
+
+impl fmt::Display for ViewReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ViewReplyError::Frame(e) => write!(f, "not a frame: {e}"),
+            ViewReplyError::NotAReply => f.write_str("not an OK view reply"),
+            ViewReplyError::Body(e) => write!(f, "bad view: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ViewReplyError {}
+
+/// Decodes a coordinator's reply datagram: its id and the view. A MAC, if present, is not
+/// checked here (clients hold no secret; servers check it themselves).
+///
+/// # Errors
+/// [`ViewReplyError`].
+pub fn decode_view_reply(datagram: &[u8]) -> Result<(u64, View), ViewReplyError> {
+    let (frame, used) = crate::Frame::decode_compact(datagram)
+        .map_err(ViewReplyError::Frame)?
+        .ok_or(ViewReplyError::NotAReply)?;
+    if used != datagram.len()
+        || !frame.is_reply()
+        || frame.status() != crate::Status::OK
+        || !matches!(frame.command, GET_VIEW | HEARTBEAT)
+    {
+        return Err(ViewReplyError::NotAReply);
+    }
+    let (fields, _mac) = split_mac(frame.value).map_err(ViewReplyError::Body)?;
+    Ok((frame.id, View::decode(fields).map_err(ViewReplyError::Body)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn member(id: &str) -> Member {
         Member { id: id.into(), addr: format!("127.0.0.1:70{}", id.len()), incarnation: 7, data_id: 9 }
+    }
+
+    #[test]
+    fn get_view_replies_decode() {
+        let mut req = Vec::new();
+        encode_get_view(5, 0, &mut req);
+        let (frame, _) = crate::Frame::decode_compact(&req).unwrap().unwrap();
+        assert_eq!((frame.id, frame.command), (5, GET_VIEW));
+        let view = View { num: 3, primary: Some(member("s1")), ..View::default() };
+        let body = view.encode(0).into_vec();
+        let mut reply = Vec::new();
+        crate::Frame::reply_to(5, GET_VIEW, crate::Status::OK, &body).encode_compact_to(&mut reply).unwrap();
+        assert_eq!(decode_view_reply(&reply), Ok((5, view)));
+        assert_eq!(decode_view_reply(&req), Err(ViewReplyError::NotAReply));
+        assert!(decode_view_reply(&reply[..10]).is_err());
     }
 
     #[test]

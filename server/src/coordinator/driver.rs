@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wire::cluster::{self, Heartbeat, View, GET_VIEW, HEARTBEAT};
+use wire::cluster::{Heartbeat, View, GET_VIEW, HEARTBEAT};
 use wire::{Flags, Frame, Framing, Status};
 
 use super::datagram;
@@ -345,12 +345,6 @@ impl Coordinator {
     }
 }
 
-/// Encodes a `GET_VIEW` request.
-pub fn encode_get_view(id: u64, group: u32, out: &mut Vec<u8>) {
-    let frame = Frame { param: u64::from(group), ..Frame::request(id, GET_VIEW, b"", b"") };
-    let _ = frame.encode_compact_to(out);
-}
-
 /// Decodes a coordinator's reply (to a heartbeat or a `GET_VIEW`): its id and view.
 ///
 /// # Errors
@@ -365,33 +359,6 @@ pub fn decode_view_reply(bytes: &[u8], key: Option<&Key>) -> Result<(u64, View),
         )));
     }
     Ok((frame.id, View::decode(body)?))
-}
-
-/// The view as `tandem-cli view --json` prints it.
-pub fn view_json(view: &View) -> String {
-    fn esc(s: &str) -> String {
-        let mut o = String::with_capacity(s.len() + 2);
-        o.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => o.push_str("\\\""),
-                '\\' => o.push_str("\\\\"),
-                c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-                c => o.push(c),
-            }
-        }
-        o.push('"');
-        o
-    }
-    let member = |m: &cluster::Member| format!("{{\"id\":{},\"addr\":{}}}", esc(&m.id), esc(&m.addr));
-    let primary = view.primary.as_ref().map_or("null".to_string(), member);
-    let backups: Vec<String> = view.backups.iter().map(member).collect();
-    let waiting = if view.waiting.is_empty() { "null".to_string() } else { esc(&view.waiting) };
-    format!(
-        "{{\"view\":{},\"primary\":{primary},\"backups\":[{}],\"waiting\":{waiting}}}",
-        view.num,
-        backups.join(",")
-    )
 }
 
 #[cfg(test)]
@@ -415,24 +382,6 @@ mod tests {
             assert_eq!(decode_view_file(&bad), None, "damage at {i}");
         }
         assert_eq!(decode_view_file(&bytes[..bytes.len() - 1]), None);
-    }
-
-    #[test]
-    fn view_json_has_the_documented_shape() {
-        let mut view = View {
-            num: 7,
-            primary: Some(Member { id: "s1".into(), addr: "127.0.0.1:7071".into(), ..Member::default() }),
-            backups: vec![Member { id: "s\"2".into(), addr: "a".into(), ..Member::default() }],
-            ..View::default()
-        };
-        assert_eq!(
-            view_json(&view),
-            r#"{"view":7,"primary":{"id":"s1","addr":"127.0.0.1:7071"},"backups":[{"id":"s\"2","addr":"a"}],"waiting":null}"#
-        );
-        view.primary = None;
-        view.waiting = "no server".into();
-        assert!(view_json(&view).contains(r#""primary":null"#));
-        assert!(view_json(&view).ends_with(r#""waiting":"no server"}"#));
     }
 
     #[test]
@@ -481,7 +430,7 @@ mod tests {
         }
         assert_eq!((view.num, view.primary_id()), (1, Some("s1")));
         let mut out = Vec::new();
-        encode_get_view(9, 0, &mut out);
+        wire::cluster::encode_get_view(9, 0, &mut out);
         sock.send_to(&out, addr).unwrap();
         let n = sock.recv(&mut buf).unwrap();
         assert_eq!(decode_view_reply(&buf[..n], None).unwrap(), (9, view.clone()));

@@ -353,8 +353,8 @@ pub struct Replica {
     view: View,
     role: Role,
     next_heartbeat: Time,
-    /// When this server last became a backup (for the silence check).
-    backup_since: Time,
+    /// When this server last heard its primary, or became a backup (for the silence check).
+    primary_heard: Time,
     upstream: Option<Upstream>,
     /// The newest lease grant this server gave any primary.
     last_grant: Option<Time>,
@@ -376,7 +376,7 @@ impl Replica {
             view: View::default(),
             role: Role::Idle,
             next_heartbeat: now,
-            backup_since: now,
+            primary_heard: now,
             upstream: None,
             last_grant: None,
             primary: None,
@@ -513,7 +513,7 @@ impl Replica {
         let mut s = ReplicaStatus {
             role: self.role,
             view: self.view.num,
-            last_term: self.meta.terms.term_at(self.last_lsn),
+            last_term: self.primary.as_ref().map_or(self.meta.terms.term_at(self.last_lsn), |p| p.term),
             waiting: self.view.waiting.clone(),
             ..ReplicaStatus::default()
         };
@@ -612,12 +612,8 @@ impl Replica {
         if self.primary.is_some() && self.can_serve(now).is_ok() {
             flags |= HB_SERVING;
         }
-        if self.role == Role::Backup {
-            let heard =
-                self.upstream.as_ref().map_or(self.backup_since, |u| u.last_heard.max(self.backup_since));
-            if now.since(heard) > self.cfg.grace {
-                flags |= HB_PRIMARY_SILENT;
-            }
+        if self.role == Role::Backup && now.since(self.primary_heard) > self.cfg.grace {
+            flags |= HB_PRIMARY_SILENT;
         }
         let mut synced = Vec::new();
         let mut unreachable = Vec::new();
@@ -721,7 +717,7 @@ impl Replica {
             Role::Idle
         };
         if role == Role::Backup && self.role != Role::Backup {
-            self.backup_since = now;
+            self.primary_heard = now;
         }
         self.set_role(role);
     }
@@ -1009,6 +1005,7 @@ impl Replica {
             log::info!("accepted replication from primary {from} (view {})", hello.view.num);
             self.upstream =
                 Some(Upstream { conn, primary: from.to_string(), last_heard: now, snapshot: None });
+            self.primary_heard = now;
             self.update_follower_role(now);
         }
         HelloVerdict { status, reply: self.hello_reply(nonce) }
@@ -1061,7 +1058,9 @@ impl Replica {
         let view_primary = self.view.primary_id().map(str::to_string);
         let Ok(u) = self.upstream_mut(conn) else { return false };
         u.last_heard = now;
-        if view_primary.as_deref() != Some(u.primary.as_str()) || time == 0 {
+        let ours = view_primary.as_deref() == Some(u.primary.as_str());
+        self.primary_heard = now;
+        if !ours || time == 0 {
             return false;
         }
         self.last_grant = Some(now);

@@ -23,21 +23,32 @@ pub const VERIFY_HEADER_LEN: usize = 16;
 // Negative numbers are read as values, so that `--duration -1` is refused as a bad value.
 #[command(name = "tandem-bench", version, about, long_about = None, allow_negative_numbers = true)]
 #[command(after_help = "Exit status: 0 when every request succeeded, 1 when any error or timeout \
-occurred during the run, 2 for usage errors, an unreachable server or a histogram file that could \
-not be written, 130 when interrupted.")]
+occurred during the run, 2 for usage errors, an unreachable server, no primary from --coordinator or \
+a histogram file that could not be written, 130 when interrupted.")]
 pub struct Args {
     /// The server to load, HOST:PORT.
     #[arg(short = 's', long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     pub server: String,
 
-    /// A cluster's coordinator, to route each key to its primary (not implemented yet).
-    #[arg(long, value_name = "ADDR", conflicts_with_all = ["server", "baseline"])]
+    /// Instead of --server: ask this Tandem coordinator (the view service, over UDP; several
+    /// comma-separated addresses are all asked) for the current view and load its primary.
+    /// Retries for up to 5 s; exits 2 if no coordinator answers or the view has no primary.
+    /// Looked up once, before the run: a failover during the run is not followed, its
+    /// failures are counted as errors as usual. Tandem protocol only.
+    #[arg(long, value_name = "ADDR[,ADDR...]", conflicts_with_all = ["server", "baseline"])]
     pub coordinator: Option<String>,
 
     /// The protocol to speak: tandem frames, Redis's RESP (SET/GET/APPEND), or tandem frames to
     /// an echo server.
     #[arg(long, value_enum, default_value_t = Protocol::Tandem)]
     pub protocol: Protocol,
+
+    /// RESP only: follow every write (SET, APPEND) with `WAIT N 0`, so that it completes only
+    /// once N replicas acknowledged it (Redis's synchronous replication, to compare with
+    /// Tandem's). The pair is one operation: one -P slot, one latency covering both replies;
+    /// a WAIT answering fewer than N counts as error `wait_short`. 0 sends no WAIT.
+    #[arg(long, value_name = "N")]
+    pub wait: Option<u32>,
 
     /// Measure the machine's ceiling instead: start a built-in mio echo server of 4096-byte
     /// frames on a loopback port and load it with the echo protocol.
@@ -214,16 +225,36 @@ pub enum Output {
     Json,
 }
 
+/// The primary that `--coordinator` named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Primary {
+    /// Its server id.
+    pub id: String,
+    /// The view that named it (views are numbered upward, so runs can be told apart across
+    /// a failover).
+    pub view: u64,
+}
+
 /// The resolved configuration of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    /// The target as given (`--server`, or `builtin-echo` for `--baseline echo`).
+    /// The target as given (`--server`, `builtin-echo` for `--baseline echo`, or with
+    /// `--coordinator` the primary's address as the view gives it).
     pub server: String,
     /// The address connected to.
     #[serde(serialize_with = "serialize_display")]
     pub addr: SocketAddr,
+    /// `--coordinator`: the coordinators as given; `None` without it.
+    pub coordinator: Option<Vec<String>>,
+    /// `--coordinator`: the primary loaded, once looked up ([`Config::set_primary`]).
+    pub primary: Option<Primary>,
+    /// The coordinators' addresses, resolved (empty without `--coordinator`).
+    #[serde(skip)]
+    pub coordinator_addrs: Vec<SocketAddr>,
     /// The protocol spoken.
     pub protocol: Protocol,
+    /// RESP `--wait N`: each write is followed by `WAIT N 0` (0: no WAIT).
+    pub wait: Option<u32>,
     /// The built-in baseline server, if any.
     pub baseline: Option<Baseline>,
     /// Connections in total.
@@ -306,10 +337,25 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the first problem.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        if args.coordinator.is_some() {
-            return Err(ConfigError::NotImplemented("cluster mode not implemented yet (--coordinator)"));
-        }
         let protocol = if args.baseline.is_some() { Protocol::Echo } else { args.protocol };
+        let coordinator = match &args.coordinator {
+            None => None,
+            Some(list) => {
+                if protocol != Protocol::Tandem {
+                    return Err(usage(
+                        "--coordinator finds a Tandem primary: it needs --protocol tandem (the default)",
+                    ));
+                }
+                let list: Vec<String> = list.split(',').map(|a| a.trim().to_string()).collect();
+                if list.iter().any(String::is_empty) {
+                    return Err(usage("--coordinator needs ADDR[,ADDR...] with no empty address"));
+                }
+                Some(list)
+            }
+        };
+        if args.wait.is_some() && protocol != Protocol::Resp {
+            return Err(usage("--wait N sends Redis's WAIT: it needs --protocol resp"));
+        }
         if args.connections == 0 {
             return Err(usage("-c/--connections must be at least 1"));
         }
@@ -394,8 +440,19 @@ impl Config {
             KeyDist::Uniform
         });
 
+        if args.wait.is_some() && !tests.iter().any(|t| t.mix.put > 0 || t.mix.append > 0) {
+            return Err(usage("--wait N applies to writes (SET, APPEND), and no test writes"));
+        }
+
+        let coordinator_addrs = match &coordinator {
+            Some(list) => list.iter().map(|a| resolve(a)).collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
         let (server, addr) = if args.baseline.is_some() {
             ("builtin-echo".to_string(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        } else if coordinator.is_some() {
+            // A placeholder until the coordinator names the primary (set_primary).
+            (String::new(), SocketAddr::from(([127, 0, 0, 1], 0)))
         } else {
             let addr = resolve(&args.server)?;
             (args.server, addr)
@@ -414,7 +471,11 @@ impl Config {
         Ok(Config {
             server,
             addr,
+            coordinator,
+            primary: None,
+            coordinator_addrs,
             protocol,
+            wait: args.wait,
             baseline: args.baseline,
             connections: args.connections,
             pipeline: args.pipeline,
@@ -441,6 +502,20 @@ impl Config {
     /// Points the run at `addr` (the built-in baseline server's address).
     pub fn set_target(&mut self, addr: SocketAddr) {
         self.addr = addr;
+    }
+
+    /// Points the run at the primary a coordinator named: `server` is its address as the view
+    /// gives it, `addr` what that resolves to.
+    ///
+    /// # Errors
+    /// [`ConfigError::Resolve`] when the primary's address does not resolve.
+    pub fn set_primary(&mut self, id: &str, view: u64, server: &str) -> Result<(), ConfigError> {
+        let addr =
+            resolve(server).map_err(|e| ConfigError::Resolve(format!("primary {id} of view {view}: {e}")))?;
+        self.server = server.to_string();
+        self.addr = addr;
+        self.primary = Some(Primary { id: id.to_string(), view });
+        Ok(())
     }
 
     /// The workload of test `test`, or of the prefill when `None`.
@@ -547,9 +622,60 @@ mod tests {
         assert_eq!(c.server, "builtin-echo");
         assert!(parse("tandem-bench --baseline echo -s 127.0.0.1:1").is_err());
         assert!(parse("tandem-bench --baseline echo --protocol resp").is_err());
-        let err = parse("tandem-bench --coordinator 127.0.0.1:9").expect_err("not implemented");
-        assert!(err.contains("cluster mode not implemented yet"), "{err}");
         assert_eq!(ok("tandem-bench --protocol echo").protocol, Protocol::Echo);
+    }
+
+    #[test]
+    fn coordinator_replaces_server_for_tandem_only() {
+        let mut c = ok("tandem-bench --coordinator 127.0.0.1:9,localhost:10");
+        assert_eq!(c.coordinator, Some(vec!["127.0.0.1:9".to_string(), "localhost:10".to_string()]));
+        assert_eq!(c.coordinator_addrs.len(), 2);
+        assert_eq!(c.coordinator_addrs[0], SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert_eq!(ok("tandem-bench --coordinator 127.0.0.1:9 --protocol tandem").coordinator_addrs.len(), 1);
+        c.set_primary("s1", 7, "127.0.0.1:7071").expect("resolves");
+        assert_eq!((c.server.as_str(), c.addr.port()), ("127.0.0.1:7071", 7071));
+        let json = serde_json::to_value(&c).expect("serializes");
+        assert_eq!(json["server"], "127.0.0.1:7071");
+        assert_eq!(json["coordinator"], serde_json::json!(["127.0.0.1:9", "localhost:10"]));
+        assert_eq!(json["primary"], serde_json::json!({"id": "s1", "view": 7}));
+        let err = c.set_primary("s2", 8, "nowhere.invalid:1").expect_err("does not resolve");
+        assert!(err.to_string().starts_with("primary s2 of view 8: cannot resolve"), "{err}");
+        for (bad, why) in [
+            ("--coordinator 127.0.0.1:9 -s 127.0.0.1:1", "cannot be used with"),
+            ("--coordinator 127.0.0.1:9 --protocol resp", "needs --protocol tandem"),
+            ("--coordinator 127.0.0.1:9 --protocol echo", "needs --protocol tandem"),
+            ("--coordinator 127.0.0.1:9 --baseline echo", "cannot be used with"),
+            ("--coordinator 127.0.0.1:9,", "no empty address"),
+            ("--coordinator nowhere.invalid:1", "cannot resolve"),
+        ] {
+            let err = parse(&format!("tandem-bench {bad}")).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let plain = serde_json::to_value(ok("tandem-bench")).expect("serializes");
+        assert!(plain["coordinator"].is_null() && plain["primary"].is_null(), "{plain}");
+    }
+
+    #[test]
+    fn wait_needs_resp_and_a_test_that_writes() {
+        let c = ok("tandem-bench --protocol resp --wait 2");
+        assert_eq!(c.wait, Some(2));
+        assert_eq!(serde_json::to_value(&c).expect("serializes")["wait"], 2);
+        assert_eq!(ok("tandem-bench --protocol resp --wait 0 -t set").wait, Some(0));
+        assert_eq!(ok("tandem-bench --protocol resp --wait 1 -t get,append").wait, Some(1));
+        assert_eq!(ok("tandem-bench --protocol resp --wait 1 --ycsb b").wait, Some(1));
+        assert_eq!(ok("tandem-bench --protocol resp").wait, None);
+        for (bad, why) in [
+            ("--wait 1", "needs --protocol resp"),
+            ("--protocol echo --wait 1", "needs --protocol resp"),
+            ("--baseline echo --wait 1", "needs --protocol resp"),
+            ("--protocol resp --wait 1 -t get", "no test writes"),
+            ("--protocol resp --wait 1 --ycsb c", "no test writes"),
+            ("--protocol resp --wait 1 --ratio 0:1", "no test writes"),
+            ("--protocol resp --wait -1", "invalid value"),
+        ] {
+            let err = parse(&format!("tandem-bench {bad}")).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! reply in it. Replies are matched to the oldest request in flight (the server answers a
 //! connection's requests in order): by id for Tandem frames, by order for RESP. Nothing is
 //! allocated per request once the buffers have their working size.
+//!
+//! Under RESP `--wait N` a write is one operation of two commands, the write and `WAIT N 0`,
+//! written back to back: it takes one `-P` slot and completes, with one latency and at most
+//! one error, when the second reply arrives.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -196,6 +200,13 @@ struct InFlight {
     measured: bool,
     /// For a GET under `--verify`: the generation expected, 0 for any value.
     expect: u32,
+    /// A `WAIT` follows this write (RESP `--wait`): two replies answer it.
+    waits: bool,
+    /// The write's own reply has arrived (only with `waits`).
+    write_answered: bool,
+    /// What the write's own reply said when it was an error: it, not the `WAIT`'s reply,
+    /// decides the outcome.
+    write_error: Option<ErrorKind>,
 }
 
 /// RESP replies as they arrive: a growable buffer with a consumed prefix.
@@ -281,6 +292,8 @@ pub struct Conn {
     pub exhausted: bool,
     /// This connection's copy of the value (`--verify` stamps its header per PUT).
     value: Vec<u8>,
+    /// RESP `--wait N`: N, and the `WAIT N 0` request sent after each write (encoded once).
+    wait: Option<(u32, Vec<u8>)>,
 }
 
 impl Conn {
@@ -312,7 +325,25 @@ impl Conn {
             schedule: None,
             exhausted: false,
             value: base_value.to_vec(),
+            wait: None,
         }
+    }
+
+    /// RESP only: follows every write (SET, APPEND) with `WAIT replicas 0` from now on, the
+    /// pair counting as one request (`--wait`). 0 sends no `WAIT`.
+    pub fn set_wait(&mut self, replicas: u32) {
+        if replicas == 0 || self.protocol != Protocol::Resp {
+            self.wait = None;
+            return;
+        }
+        let mut request = vec![0u8; proto::RESP_WAIT_MAX_LEN];
+        let len = proto::encode_wait(replicas, &mut request).expect("RESP_WAIT_MAX_LEN holds any WAIT");
+        request.truncate(len);
+        if self.wait.is_none() {
+            self.max_request_len += proto::RESP_WAIT_MAX_LEN;
+            self.wbuf.resize(self.pipeline * self.max_request_len, 0);
+        }
+        self.wait = Some((replicas, request));
     }
 
     /// Connects synchronously (before the first phase, so that connecting is not measured).
@@ -443,6 +474,12 @@ impl Conn {
                 return Enqueued::Exhausted;
             }
         }
+        let waits = op.cmd.carries_value() && self.wait.is_some();
+        if let Some((_, request)) = self.wait.as_ref().filter(|_| waits) {
+            // max_request_len counts the WAIT, so it fits beside the write.
+            self.wbuf[self.wend..self.wend + request.len()].copy_from_slice(request);
+            self.wend += request.len();
+        }
         if measured {
             ctx.recorder.count_request();
         }
@@ -454,6 +491,9 @@ impl Conn {
             sent_ns: now,
             measured,
             expect,
+            waits,
+            write_answered: false,
+            write_error: None,
         });
         Enqueued::Sent
     }
@@ -499,7 +539,8 @@ impl Conn {
                         }
                         Reader::Resp(r) => {
                             r.end += n;
-                            read_resp(r, &mut self.inflight, ctx, &self.value, now)?;
+                            let replicas = self.wait.as_ref().map_or(0, |(n, _)| *n);
+                            read_resp(r, &mut self.inflight, replicas, ctx, &self.value, now)?;
                         }
                     }
                 }
@@ -683,9 +724,11 @@ fn read_frames(
     Ok(())
 }
 
+/// Handles every complete RESP reply; `replicas` is `--wait`'s N (for the `WAIT` replies).
 fn read_resp(
     reader: &mut RespReader,
     inflight: &mut VecDeque<InFlight>,
+    replicas: u32,
     ctx: &mut Ctx<'_>,
     base_value: &[u8],
     now: u64,
@@ -700,12 +743,27 @@ fn read_resp(
             }
         };
         let (reply, used) = parsed;
-        let Some(req) = inflight.pop_front() else {
+        reader.start += used;
+        let Some(req) = inflight.front_mut() else {
             log::warn!("a reply arrived with no request in flight");
             return Err(ErrorKind::Unexpected);
         };
-        complete(ctx, req, proto::classify_resp(req.cmd, reply), base_value, now);
-        reader.start += used;
+        if req.waits && !req.write_answered {
+            // The write's reply: the operation completes with the WAIT's, which follows.
+            req.write_answered = true;
+            if let Outcome::Error(kind) = proto::classify_resp(req.cmd, reply) {
+                req.write_error = Some(kind);
+            }
+            continue;
+        }
+        let req = *req;
+        inflight.pop_front();
+        let outcome = match (req.waits, req.write_error) {
+            (false, _) => proto::classify_resp(req.cmd, reply),
+            (true, Some(kind)) => Outcome::Error(kind),
+            (true, None) => proto::classify_wait(replicas, reply),
+        };
+        complete(ctx, req, outcome, base_value, now);
     }
     if reader.start == reader.end {
         reader.start = 0;

@@ -361,6 +361,9 @@ impl Worker {
         for (i, slot) in slots.clone().enumerate() {
             let mut conn =
                 Conn::new(slot as u64, Token(i), config.protocol, config.pipeline, &shared.base_value);
+            if let Some(replicas) = config.wait {
+                conn.set_wait(replicas);
+            }
             if let Err(e) = conn.connect_now(poll.registry(), config.addr, CONNECT_TIMEOUT) {
                 log::warn!("connection {slot} to {}: {e}", config.addr);
                 setup_failures += 1;

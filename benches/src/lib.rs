@@ -14,6 +14,7 @@
 //! # Layout
 //!
 //! - [`config`]: flags ([`config::Args`]) and the resolved, serialisable [`config::Config`].
+//! - [`coordinator`]: `--coordinator`: the primary, from Tandem's view service, before the run.
 //! - [`workload`]: seeded (command, key) generator: uniform, sequential, Zipfian keys; no I/O.
 //! - [`proto`]: Tandem frames (through `wire`) and RESP: encode requests, classify replies.
 //! - [`conn`]: one connection: requests in flight, write batching, reply matching, verify.
@@ -26,6 +27,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod coordinator;
 pub mod driver;
 pub mod echo;
 pub mod proto;

@@ -5,7 +5,8 @@
 //! - `echo`: Tandem frames sent to a server that returns them unchanged (the ceiling
 //!   baseline); any frame that decodes with the right id counts as success.
 //! - `resp`: Redis's protocol, `SET`/`GET`/`APPEND` as arrays of bulk strings; replies are
-//!   matched by order, as RESP has no ids.
+//!   matched by order, as RESP has no ids. With `--wait N` every write is followed by
+//!   `WAIT N 0`, and the pair is one operation (see [`encode_wait`]).
 
 use std::io::Write;
 
@@ -56,6 +57,26 @@ pub const fn command_of(cmd: Cmd) -> Command {
         Cmd::Append => Command::APPEND,
     }
 }
+
+/// Writes `WAIT replicas 0` (block until `replicas` replicas acknowledged the connection's
+/// writes so far, with no timeout), the second half of a write under `--wait`; `None` if
+/// `out` is too short.
+///
+/// Sent right behind the write, in the same batch, so that Redis's synchronous replication
+/// costs one round trip as Tandem's does, and is measured by the same client. Connections
+/// encode it once and copy it, so nothing is formatted per request.
+pub fn encode_wait(replicas: u32, out: &mut [u8]) -> Option<usize> {
+    let mut digits = [0u8; 10];
+    let len = {
+        let mut cursor: &mut [u8] = &mut digits;
+        write!(cursor, "{replicas}").ok()?;
+        10 - cursor.len()
+    };
+    encode_resp_array(&[b"WAIT", &digits[..len], b"0"], out)
+}
+
+/// The most bytes [`encode_wait`] writes.
+pub const RESP_WAIT_MAX_LEN: usize = 40;
 
 /// Encodes one request into the front of `out` and returns its length. `value` is ignored
 /// for GET; `id` is ignored by RESP.
@@ -190,6 +211,18 @@ pub fn classify_resp<'a>(cmd: Cmd, reply: RespValue<'a>) -> Outcome<'a> {
     }
 }
 
+/// Classifies the reply to the `WAIT replicas 0` that followed a write: an integer of at
+/// least `replicas` is success, fewer is [`ErrorKind::WaitShort`] (the write is not known to
+/// be on enough replicas, so it must not count as a synchronous write).
+pub fn classify_wait(replicas: u32, reply: RespValue<'_>) -> Outcome<'static> {
+    match reply {
+        RespValue::Integer(acked) if acked >= i64::from(replicas) => Outcome::Ok(&[]),
+        RespValue::Integer(_) => Outcome::Error(ErrorKind::WaitShort),
+        RespValue::Error(_) => Outcome::Error(ErrorKind::RespError),
+        _ => Outcome::Error(ErrorKind::Unexpected),
+    }
+}
+
 /// Classifies a decoded frame answering the request `(id, cmd)`. An id mismatch is
 /// reported as such: the caller must then give up on the connection, as the replies are
 /// out of step with the requests. An error reply with id 0 answers the request at the head
@@ -287,6 +320,19 @@ mod tests {
         assert_eq!(classify_resp(Cmd::Put, RespValue::Error(b"OOM")), Outcome::Error(ErrorKind::RespError));
         assert_eq!(classify_resp(Cmd::Put, RespValue::Nil), Outcome::Error(ErrorKind::Unexpected));
         assert_eq!(classify_resp(Cmd::Get, RespValue::Simple(b"OK")), Outcome::Error(ErrorKind::Unexpected));
+    }
+
+    #[test]
+    fn wait_requests_and_replies() {
+        let mut out = [0u8; RESP_WAIT_MAX_LEN];
+        let n = encode_wait(2, &mut out).expect("fits");
+        assert_eq!(&out[..n], b"*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$1\r\n0\r\n");
+        assert!(encode_wait(u32::MAX, &mut out).is_some(), "the longest fits in RESP_WAIT_MAX_LEN");
+        assert_eq!(classify_wait(2, RespValue::Integer(2)), Outcome::Ok(b""));
+        assert_eq!(classify_wait(2, RespValue::Integer(3)), Outcome::Ok(b""));
+        assert_eq!(classify_wait(2, RespValue::Integer(1)), Outcome::Error(ErrorKind::WaitShort));
+        assert_eq!(classify_wait(1, RespValue::Error(b"ERR")), Outcome::Error(ErrorKind::RespError));
+        assert_eq!(classify_wait(1, RespValue::Simple(b"OK")), Outcome::Error(ErrorKind::Unexpected));
     }
 
     #[test]

@@ -225,12 +225,22 @@ pub fn describe(config: &Config) -> String {
         Some(rate) => format!("open loop at {rate} ops/s"),
         None => "closed loop".into(),
     };
+    let target = match (&config.primary, &config.coordinator) {
+        (Some(primary), Some(coordinators)) => format!(
+            "{}, primary {} of view {} from coordinator {}",
+            config.server,
+            primary.id,
+            primary.view,
+            coordinators.join(",")
+        ),
+        _ => config.server.clone(),
+    };
     format!(
         "tandem-bench: {} protocol to {} ({}); {} connections x {} in flight on {} thread{}; {}, {}; \
-         {}-byte values, {} keys ({}); seed {}{}{}{}",
+         {}-byte values, {} keys ({}); seed {}{}{}{}{}",
         format!("{:?}", config.protocol).to_lowercase(),
         config.addr,
-        config.server,
+        target,
         config.connections,
         config.pipeline,
         config.threads,
@@ -244,6 +254,10 @@ pub fn describe(config: &Config) -> String {
         if config.warmup_s > 0.0 { format!("; {} s warm-up", config.warmup_s) } else { String::new() },
         if config.prefill { "; prefill" } else { "" },
         if config.verify { "; verify" } else { "" },
+        match config.wait {
+            Some(n) if n > 0 => format!("; each write followed by WAIT {n} 0"),
+            _ => String::new(),
+        },
     )
 }
 
@@ -504,5 +518,18 @@ mod tests {
         let text = describe(&config(&["-c", "1", "-P", "4", "--rate", "500"]));
         assert!(text.contains("1 connections x 4 in flight"), "{text}");
         assert!(text.contains("open loop at 500 ops/s"), "{text}");
+        assert!(!text.contains("WAIT"), "{text}");
+        let text = describe(&config(&["--protocol", "resp", "--wait", "2"]));
+        assert!(text.contains("; each write followed by WAIT 2 0"), "{text}");
+        assert!(!describe(&config(&["--protocol", "resp", "--wait", "0"])).contains("WAIT"));
+        let mut cluster = config(&["--coordinator", "127.0.0.1:9"]);
+        cluster.set_primary("s1", 3, "127.0.0.1:7071").expect("resolves");
+        let text = describe(&cluster);
+        assert!(
+            text.contains(
+                "to 127.0.0.1:7071 (127.0.0.1:7071, primary s1 of view 3 from coordinator 127.0.0.1:9)"
+            ),
+            "{text}"
+        );
     }
 }

@@ -56,6 +56,8 @@ pub enum ErrorKind {
     RespError,
     /// Bytes that are not RESP.
     Protocol,
+    /// `--wait N`: Redis's `WAIT` answered that fewer than N replicas acknowledged the write.
+    WaitShort,
     /// `--verify`: a GET returned something other than the last value written.
     Verify,
     /// No reply at all for twice the timeout while requests were due: the phase gave up.
@@ -75,6 +77,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Status(status) => write!(f, "status:{status}"),
             ErrorKind::RespError => f.write_str("resp_error"),
             ErrorKind::Protocol => f.write_str("protocol"),
+            ErrorKind::WaitShort => f.write_str("wait_short"),
             ErrorKind::Verify => f.write_str("verify"),
             ErrorKind::Stalled => f.write_str("stalled"),
         }

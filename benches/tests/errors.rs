@@ -26,16 +26,9 @@ fn an_unreachable_server_exits_2_at_once() {
 }
 
 #[test]
-fn usage_errors_and_cluster_mode_exit_2() {
+fn usage_errors_exit_2() {
     let out = bench(&["-c", "0"], LIMIT);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    let out = bench(&["--coordinator", "127.0.0.1:1"], LIMIT);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cluster mode not implemented yet"),
-        "{}",
-        describe(&out)
-    );
     let out = bench(&["--no-such-flag"], LIMIT);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     // A negative number is a bad value, not an unknown flag.
@@ -46,6 +39,33 @@ fn usage_errors_and_cluster_mode_exit_2() {
     let out = bench(&["-s", "127.0.0.1:1", "--hdr-out", "/nonexistent/dir/h.hgrm"], LIMIT);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--hdr-out"), "{}", describe(&out));
+}
+
+/// Flags of the replication features that do not go together are refused before anything is
+/// sent, with one line saying why.
+#[test]
+fn coordinator_and_wait_misuse_exits_2_at_once() {
+    for (args, why) in [
+        (&["--wait", "1"][..], "--wait N sends Redis's WAIT: it needs --protocol resp"),
+        (&["--protocol", "echo", "--wait", "0"], "needs --protocol resp"),
+        (&["--protocol", "resp", "--wait", "1", "-t", "get"], "no test writes"),
+        (&["--protocol", "resp", "--wait", "1", "--ycsb", "c"], "no test writes"),
+        (&["--coordinator", "127.0.0.1:1", "-s", "127.0.0.1:2"], "cannot be used with"),
+        (&["--coordinator", "127.0.0.1:1", "--protocol", "resp"], "--coordinator finds a Tandem primary"),
+        (&["--coordinator", "127.0.0.1:1", "--baseline", "echo"], "cannot be used with"),
+    ] {
+        let started = Instant::now();
+        let out = bench(args, LIMIT);
+        assert!(started.elapsed() < Duration::from_secs(2), "{args:?} took {:?}", started.elapsed());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{args:?}: {}", describe(&out));
+        assert!(out.stdout.is_empty(), "{args:?}: {}", describe(&out));
+        if !why.contains("cannot be used") {
+            // Clap's own conflicts come with a usage hint; ours are one line.
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        }
+    }
 }
 
 #[test]

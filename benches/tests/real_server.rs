@@ -7,41 +7,9 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{bench, describe, json_lines};
+use common::{bench, describe, json_lines, RunningServer};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A `tandem-server` running on its own thread, on a free port, over a temporary directory.
-struct RunningServer {
-    addr: String,
-    shutdown: server::ShutdownHandle,
-    running: std::thread::JoinHandle<Result<(), server::ServerError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl RunningServer {
-    fn start(max_connections: usize) -> RunningServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = server::Config {
-            listen: ([127, 0, 0, 1], 0).into(),
-            data_dir: dir.path().join("data"),
-            segment_len: 8 * 1024 * 1024,
-            max_connections,
-            ..server::Config::default()
-        };
-        let server = server::Server::bind(config).expect("the server binds");
-        let addr = server.local_addr().to_string();
-        let shutdown = server.shutdown_handle();
-        let running = std::thread::spawn(move || server.run());
-        RunningServer { addr, shutdown, running, _dir: dir }
-    }
-
-    /// Stops the server and checks that it ran cleanly.
-    fn stop(self) {
-        self.shutdown.shutdown();
-        self.running.join().expect("the server thread").expect("the server ran cleanly");
-    }
-}
 
 #[test]
 fn a_second_against_tandem_server_counts_and_verifies_everything() {

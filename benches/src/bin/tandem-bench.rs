@@ -1,6 +1,7 @@
-//! `tandem-bench`: the load tool. Parses the flags, runs the phases, prints each test's
-//! results as it ends, and exits 0 (all good), 1 (errors or timeouts during the run), 2
-//! (usage error, unreachable server, a histogram file that could not be written) or 130
+//! `tandem-bench`: the load tool. Parses the flags, finds the primary (`--coordinator`), runs
+//! the phases, prints each test's results as it ends, and exits 0 (all good), 1 (errors or
+//! timeouts during the run), 2 (usage error, unreachable server, no primary, a histogram file
+//! that could not be written) or 130
 //! (interrupted: the test under way is reported as partial, later ones are skipped; a second
 //! Ctrl-C exits at once).
 
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use benches::config::{Baseline, Output};
+use benches::coordinator::{self, LOOKUP_BUDGET};
 use benches::echo::EchoServer;
 use benches::report::{self, TestReport};
 use benches::{Args, Config, RunEvent, Runner};
@@ -26,6 +28,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !config.coordinator_addrs.is_empty() {
+        let found = match coordinator::find_primary(&config.coordinator_addrs, LOOKUP_BUDGET) {
+            Ok(found) => found,
+            Err(e) => {
+                eprintln!("tandem-bench: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = config.set_primary(&found.primary.id, found.view, &found.primary.addr) {
+            eprintln!("tandem-bench: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // Kept alive until the end of main; dropping it stops the built-in server.
     let _echo = match config.baseline {
         Some(Baseline::Echo) => match EchoServer::spawn(([127, 0, 0, 1], 0).into()) {

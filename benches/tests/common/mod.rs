@@ -1,21 +1,87 @@
-//! Helpers for the integration tests: run the binaries, and tiny in-test servers that speak
-//! Tandem's frames and RESP over real loopback sockets, one thread per connection.
+//! Helpers for the integration tests: run the binaries, a real Tandem server in-process, and
+//! tiny in-test servers that speak Tandem's frames, RESP and the coordinator's datagrams over
+//! real loopback sockets, one thread per connection.
 
 #![allow(dead_code)] // Each test file uses a different subset.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use wire::cluster::{View, GET_VIEW};
 use wire::{Command as Op, Frame, Request, Status, FRAME_LEN};
 
 pub const BENCH: &str = env!("CARGO_BIN_EXE_tandem-bench");
 pub const ECHO: &str = env!("CARGO_BIN_EXE_tandem-echo");
+
+/// A `tandem-server` running on its own thread, on a free port, over a temporary directory.
+pub struct RunningServer {
+    pub addr: String,
+    shutdown: server::ShutdownHandle,
+    running: thread::JoinHandle<Result<(), server::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningServer {
+    pub fn start(max_connections: usize) -> RunningServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = server::Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: dir.path().join("data"),
+            segment_len: 8 * 1024 * 1024,
+            max_connections,
+            ..server::Config::default()
+        };
+        let server = server::Server::bind(config).expect("the server binds");
+        let addr = server.local_addr().to_string();
+        let shutdown = server.shutdown_handle();
+        let running = thread::spawn(move || server.run());
+        RunningServer { addr, shutdown, running, _dir: dir }
+    }
+
+    /// Stops the server and checks that it ran cleanly.
+    pub fn stop(self) {
+        self.shutdown.shutdown();
+        self.running.join().expect("the server thread").expect("the server ran cleanly");
+    }
+}
+
+/// A fake coordinator: a UDP socket on a thread that answers every `GET_VIEW` with `view`,
+/// after ignoring the first `drop` requests (datagrams lost on the way).
+pub struct FakeCoordinator {
+    pub addr: SocketAddr,
+    /// `GET_VIEW` requests received, dropped ones included.
+    pub requests: Arc<AtomicU64>,
+}
+
+pub fn fake_coordinator(view: View, drop: u64) -> FakeCoordinator {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let body = view.encode(0).into_vec();
+        while let Ok((len, from)) = socket.recv_from(&mut buf) {
+            let Ok(Some((frame, _))) = Frame::decode_compact(&buf[..len]) else { continue };
+            if frame.command != GET_VIEW || frame.is_reply() {
+                continue;
+            }
+            if counter.fetch_add(1, Ordering::Relaxed) < drop {
+                continue;
+            }
+            let mut out = Vec::new();
+            Frame::reply_to(frame.id, GET_VIEW, Status::OK, &body).encode_compact_to(&mut out).expect("fits");
+            let _ = socket.send_to(&out, from);
+        }
+    });
+    FakeCoordinator { addr, requests }
+}
 
 /// A child process killed on drop.
 pub struct Server {
@@ -111,6 +177,8 @@ pub enum Fault {
 pub struct FakeServer {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// RESP `WAIT` commands received (not counted in `requests`).
+    pub waits: Arc<AtomicU64>,
 }
 
 type Store = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
@@ -185,7 +253,7 @@ pub fn fake_tandem(fault: Fault) -> FakeServer {
             }
         }
     });
-    FakeServer { addr, requests }
+    FakeServer { addr, requests, waits: Arc::default() }
 }
 
 /// Which byte CorruptValues flips: inside the verify header, so only --verify notices.
@@ -213,11 +281,19 @@ fn read_command(reader: &mut BufReader<TcpStream>) -> Option<Vec<Vec<u8>>> {
 
 /// A tiny in-memory RESP server: PING, SET, GET, APPEND.
 pub fn fake_resp(fault: Fault) -> FakeServer {
+    fake_resp_replicated(fault, 0, Duration::ZERO)
+}
+
+/// [`fake_resp`] that also answers `WAIT N 0` with `:replicas` after `wait_delay` (the time
+/// replicas take to acknowledge).
+pub fn fake_resp_replicated(fault: Fault, replicas: i64, wait_delay: Duration) -> FakeServer {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let store: Store = Arc::default();
     let requests = Arc::new(AtomicU64::new(0));
     let counter = requests.clone();
+    let waits = Arc::new(AtomicU64::new(0));
+    let wait_counter = waits.clone();
     serve_forever(listener, move |stream| {
         let _ = stream.set_nodelay(true);
         let Ok(mut writer) = stream.try_clone() else { return };
@@ -225,6 +301,15 @@ pub fn fake_resp(fault: Fault) -> FakeServer {
         while let Some(args) = read_command(&mut reader) {
             let reply: Vec<u8> = match args.as_slice() {
                 [name] if name.as_slice() == b"PING" => b"+PONG\r\n".to_vec(),
+                [name, _, _] if name.as_slice() == b"WAIT" && !matches!(fault, Fault::Status(_)) => {
+                    wait_counter.fetch_add(1, Ordering::Relaxed);
+                    thread::sleep(wait_delay);
+                    format!(":{replicas}\r\n").into_bytes()
+                }
+                [name, _, _] if name.as_slice() == b"WAIT" => {
+                    wait_counter.fetch_add(1, Ordering::Relaxed);
+                    b"-ERR injected\r\n".to_vec()
+                }
                 _ if matches!(fault, Fault::Status(_)) => {
                     counter.fetch_add(1, Ordering::Relaxed);
                     b"-ERR injected\r\n".to_vec()
@@ -264,5 +349,5 @@ pub fn fake_resp(fault: Fault) -> FakeServer {
             }
         }
     });
-    FakeServer { addr, requests }
+    FakeServer { addr, requests, waits }
 }

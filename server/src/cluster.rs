@@ -29,7 +29,7 @@ use slab::Slab;
 use storage::{LogCursor, Lsn, ReplicatedWrite, SnapshotCursor, StorageError, WriteMeta};
 use wire::cluster::{
     self, ClientEntry, Heartbeat, Hello, HelloReply, CLIENT_ENTRIES_PER_FRAME, HEARTBEAT, REPL_ACK,
-    REPL_BEACON, REPL_DELETE, REPL_HELLO, REPL_POSITION, REPL_PUT, REPL_SNAPSHOT_BEGIN,
+    REPL_BEACON, REPL_DELETE, REPL_HELLO, REPL_MAC, REPL_POSITION, REPL_PUT, REPL_SNAPSHOT_BEGIN,
     REPL_SNAPSHOT_CLIENTS, REPL_SNAPSHOT_END, REPL_SNAPSHOT_PUT,
 };
 use wire::{Command, CompactReader, Frame, Framing, Request, Status, FRAME_LEN};
@@ -73,6 +73,42 @@ enum Pump {
     Snapshot { cursor: SnapshotCursor, begun: bool },
 }
 
+/// The MACs of one replication connection, with a cluster secret: each batch of frames a side
+/// writes is preceded by a `REPL_MAC` frame (`id` = batch number, `param` = bytes covered,
+/// value = HMAC of the number and the bytes) under a key derived from the secret and both
+/// handshake nonces, one key per direction. The receiver acts on no frame before its batch
+/// verified.
+struct StreamMac {
+    send: Key,
+    recv: Key,
+    send_seq: u64,
+    recv_seq: u64,
+    /// `out` is sealed up to here.
+    sealed_upto: usize,
+    /// Received bytes not yet verified.
+    raw: Vec<u8>,
+    /// The MAC header of the batch being received: (bytes covered, tag).
+    pending: Option<(usize, [u8; crate::secret::MAC_LEN])>,
+}
+
+impl StreamMac {
+    fn new(
+        key: &Key,
+        primary_nonce: u64,
+        backup_nonce: u64,
+        primary_side: bool,
+        sealed_upto: usize,
+    ) -> StreamMac {
+        let down = key.derive(b"down", primary_nonce, backup_nonce);
+        let up = key.derive(b"up", primary_nonce, backup_nonce);
+        let (send, recv) = if primary_side { (down, up) } else { (up, down) };
+        StreamMac { send, recv, send_seq: 0, recv_seq: 0, sealed_upto, raw: Vec::new(), pending: None }
+    }
+}
+
+/// Most bytes one MAC may cover: a bound on what a receiver buffers before verifying.
+const MAX_MAC_BATCH: usize = 8 << 20;
+
 struct PeerConn {
     /// Unique for the process's life (slab keys are reused).
     id: ConnId,
@@ -93,6 +129,10 @@ struct PeerConn {
     ack_due: bool,
     /// To be closed at the end of this round.
     dead: bool,
+    /// Down: the nonce this side sent in its handshake.
+    nonce: u64,
+    /// With a cluster secret, once the handshake is done.
+    mac: Option<StreamMac>,
 }
 
 impl PeerConn {
@@ -111,6 +151,8 @@ impl PeerConn {
             grant: 0,
             ack_due: false,
             dead: false,
+            nonce: 0,
+            mac: None,
         }
     }
 
@@ -119,16 +161,83 @@ impl PeerConn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.seal();
         let n = write_some(&mut self.stream, &self.out[self.out_pos..])?;
         self.out_pos += n;
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            if let Some(m) = self.mac.as_mut() {
+                m.sealed_upto = 0;
+            }
         } else if self.out_pos > (1 << 20) && self.out_pos * 2 > self.out.len() {
             self.out.drain(..self.out_pos);
+            if let Some(m) = self.mac.as_mut() {
+                m.sealed_upto -= self.out_pos;
+            }
             self.out_pos = 0;
         }
         Ok(())
+    }
+
+    /// With a secret: puts a MAC frame in front of the bytes queued since the last one.
+    fn seal(&mut self) {
+        let Some(m) = self.mac.as_mut() else { return };
+        let mut from = m.sealed_upto;
+        while from < self.out.len() {
+            let to = (from + MAX_MAC_BATCH).min(self.out.len());
+            m.send_seq += 1;
+            let tag = m.send.mac(&[&m.send_seq.to_le_bytes(), &self.out[from..to]]);
+            let mut header = Vec::with_capacity(wire::HEADER_LEN + tag.len());
+            let frame =
+                Frame { param: (to - from) as u64, ..Frame::request(m.send_seq, REPL_MAC, b"", &tag) };
+            let _ = frame.encode_compact_to(&mut header);
+            let added = header.len();
+            self.out.splice(from..from, header);
+            from = to + added;
+        }
+        m.sealed_upto = self.out.len();
+    }
+
+    /// With a secret: moves every batch whose MAC verifies from `raw` into the frame reader.
+    /// Returns an error for a missing or wrong MAC (the connection is then closed).
+    fn unseal(&mut self) -> Result<(), String> {
+        let Some(m) = self.mac.as_mut() else { return Ok(()) };
+        loop {
+            if m.pending.is_none() {
+                let decoded = Frame::decode_compact(&m.raw).map_err(|e| format!("bad MAC frame: {e}"))?;
+                let Some((frame, used)) = decoded else { return Ok(()) };
+                if frame.command != REPL_MAC || frame.value.len() != crate::secret::MAC_LEN {
+                    return Err(format!("expected a MAC frame, got {}", frame.command));
+                }
+                if frame.id != m.recv_seq + 1 {
+                    return Err(format!(
+                        "MAC batch {} out of sequence (expected {})",
+                        frame.id,
+                        m.recv_seq + 1
+                    ));
+                }
+                let len = frame.param as usize;
+                if len > MAX_MAC_BATCH {
+                    return Err(format!("a MAC batch of {len} bytes"));
+                }
+                let mut tag = [0u8; crate::secret::MAC_LEN];
+                tag.copy_from_slice(frame.value);
+                m.pending = Some((len, tag));
+                m.recv_seq += 1;
+                m.raw.drain(..used);
+            }
+            let Some((len, tag)) = m.pending else { return Ok(()) };
+            if m.raw.len() < len {
+                return Ok(());
+            }
+            if !m.recv.verify(&[&m.recv_seq.to_le_bytes(), &m.raw[..len]], &tag) {
+                return Err("wrong MAC on a replication batch".into());
+            }
+            self.reader.push(&m.raw[..len]);
+            m.raw.drain(..len);
+            m.pending = None;
+        }
     }
 
     fn peer_id(&self) -> Option<&str> {
@@ -611,7 +720,14 @@ impl ClusterIo {
         }
         let mut conn = PeerConn::new(id, stream, Side::Up, true);
         conn.out = reply;
-        conn.reader.push(rest);
+        match &self.key {
+            Some(key) => {
+                let mut mac = StreamMac::new(key, hello.nonce, verdict.reply.nonce, false, conn.out.len());
+                mac.raw.extend_from_slice(rest);
+                conn.mac = Some(mac);
+            }
+            None => conn.reader.push(rest),
+        }
         entry.insert(conn);
         self.drain(node, registry, effects);
         self.ready.push(key);
@@ -636,6 +752,7 @@ impl ClusterIo {
                     let peer = c.peer_id().unwrap_or_default().to_string();
                     let now = node.clock.now();
                     let nonce = rand::rng().random::<u64>();
+                    c.nonce = nonce;
                     if let Some(r) = node.replica.as_mut() {
                         r.handle_peer_connected(now, &peer, nonce);
                     }
@@ -688,6 +805,9 @@ impl ClusterIo {
             let result = if c.fixed_replies > 0 {
                 let mut buf = [0u8; 8192];
                 c.stream.read(&mut buf).inspect(|&n| c.fixed_in.extend_from_slice(&buf[..n]))
+            } else if let Some(m) = c.mac.as_mut() {
+                let mut buf = vec![0u8; 64 << 10];
+                c.stream.read(&mut buf).inspect(|&n| m.raw.extend_from_slice(&buf[..n]))
             } else {
                 let result = c.stream.read(c.reader.spare(64 << 10));
                 if let Ok(n) = result {
@@ -735,7 +855,6 @@ impl ClusterIo {
             c.fixed_in.drain(..FRAME_LEN);
             c.fixed_replies -= 1;
             let leftover = if c.fixed_replies == 0 { std::mem::take(&mut c.fixed_in) } else { Vec::new() };
-            c.reader.push(&leftover);
             let peer = c.peer_id().unwrap_or_default().to_string();
             let frame = match Frame::decode(&bytes) {
                 Ok(f) => f,
@@ -746,6 +865,7 @@ impl ClusterIo {
                 }
             };
             if frame.command == Command::AUTH {
+                c.reader.push(&leftover);
                 if frame.status() != Status::OK {
                     log::warn!(
                         "peer {peer} refused our auth token: {}",
@@ -767,6 +887,14 @@ impl ClusterIo {
             let status = frame.status();
             match reply {
                 Ok(reply) => {
+                    match &self.key {
+                        Some(key) => {
+                            let mut mac = StreamMac::new(key, c.nonce, reply.nonce, true, c.out.len());
+                            mac.raw.extend_from_slice(&leftover);
+                            c.mac = Some(mac);
+                        }
+                        None => c.reader.push(&leftover),
+                    }
                     let now = node.clock.now();
                     if let Some(r) = node.replica.as_mut() {
                         r.handle_hello_reply(now, &peer, status, &reply);
@@ -784,6 +912,18 @@ impl ClusterIo {
             }
         }
         let Some(c) = self.peers.get_mut(key) else { return };
+        if c.fixed_replies > 0 {
+            return;
+        }
+        if let Err(why) = c.unseal() {
+            node.stats.auth_rejected += 1;
+            log::warn!(
+                "replication connection {}: {why}; closing it",
+                c.peer_id().unwrap_or("from the primary")
+            );
+            c.dead = true;
+            return;
+        }
         match c.side {
             Side::Down { .. } => self.process_acks(key, node),
             Side::Up => self.apply_upstream(key, node, registry, effects),
@@ -1159,5 +1299,72 @@ fn end_snapshot(pump: &mut Pump, node: &mut Node) {
         if let Pump::Snapshot { cursor, .. } = std::mem::replace(pump, Pump::Idle) {
             node.store.end_snapshot(cursor);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_pair() -> (PeerConn, PeerConn) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        let primary = PeerConn::new(1, TcpStream::from_std(a), Side::Down { peer: "s2".into() }, true);
+        let backup = PeerConn::new(2, TcpStream::from_std(b), Side::Up, true);
+        (primary, backup)
+    }
+
+    fn frames(c: &mut PeerConn) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while let Ok(Some(f)) = c.reader.next_frame() {
+            ids.push(f.id);
+        }
+        ids
+    }
+
+    #[test]
+    fn sealed_batches_arrive_only_when_their_mac_verifies() {
+        let key = Key::new(b"a-long-enough-cluster-secret");
+        let (mut p, mut b) = conn_pair();
+        p.mac = Some(StreamMac::new(&key, 7, 9, true, 0));
+        b.mac = Some(StreamMac::new(&key, 7, 9, false, 0));
+        for id in 1..=3 {
+            Frame::request(id, REPL_PUT, b"k", b"v").encode_compact_to(&mut p.out).unwrap();
+        }
+        p.seal();
+        Frame::request(4, REPL_PUT, b"k", b"v").encode_compact_to(&mut p.out).unwrap();
+        p.seal();
+        let bytes = p.out.clone();
+        // Byte by byte: nothing comes out before its batch is complete and verified.
+        let mut seen = Vec::new();
+        for (i, byte) in bytes.iter().enumerate() {
+            b.mac.as_mut().unwrap().raw.push(*byte);
+            b.unseal().unwrap();
+            seen.extend(frames(&mut b));
+            if i + 1 < bytes.len() {
+                assert!(seen.len() <= 3, "the second batch came out before its end");
+            }
+        }
+        assert_eq!(seen, [1, 2, 3, 4]);
+        // The other direction's key, a flipped byte, or a replayed batch are refused.
+        for tamper in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[tamper] ^= 1;
+            let (_, mut fresh) = conn_pair();
+            fresh.mac = Some(StreamMac::new(&key, 7, 9, false, 0));
+            fresh.mac.as_mut().unwrap().raw.extend_from_slice(&bad);
+            let ok = fresh.unseal().is_ok() && frames(&mut fresh) == [1, 2, 3, 4];
+            assert!(!ok, "a flipped byte at {tamper} went through");
+        }
+        let (_, mut twice) = conn_pair();
+        twice.mac = Some(StreamMac::new(&key, 7, 9, false, 0));
+        twice.mac.as_mut().unwrap().raw.extend_from_slice(&bytes);
+        twice.mac.as_mut().unwrap().raw.extend_from_slice(&bytes);
+        assert!(twice.unseal().is_err(), "a replayed batch is out of sequence");
+        let (_, mut wrong_dir) = conn_pair();
+        wrong_dir.mac = Some(StreamMac::new(&key, 7, 9, true, 0));
+        wrong_dir.mac.as_mut().unwrap().raw.extend_from_slice(&bytes);
+        assert!(wrong_dir.unseal().is_err(), "each direction has its own key");
     }
 }

@@ -10,9 +10,24 @@ fn help_lists_the_commands_and_modes() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in
-        ["get", "put", "del", "append", "ping", "stats", "--json", "--raw", "--latency", "--pipe", "--server"]
-    {
+    for word in [
+        "get",
+        "put",
+        "del",
+        "append",
+        "ping",
+        "stats",
+        "view",
+        "status",
+        "session",
+        "--json",
+        "--raw",
+        "--latency",
+        "--pipe",
+        "--server",
+        "--coordinator",
+        "--timeout",
+    ] {
         assert!(help.contains(word), "--help lacks {word}");
     }
 }

@@ -157,3 +157,144 @@ fn repeat_latency_and_pipe_modes() {
     assert_eq!(code(&bad), 2, "bad lines make --pipe fail");
     assert!(stdout(&bad).contains("bad lines 2"), "{}", stdout(&bad));
 }
+
+#[test]
+fn timeouts_are_milliseconds() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    for good in ["1500", "500ms", "2s", "0.5s"] {
+        let out = cli(&server, &["--timeout", good, "ping"]);
+        assert_eq!(code(&out), 0, "--timeout {good}: {out:?}");
+    }
+    for bad in ["0", "-5", "0ms", "nan", "-inf", "5min", ""] {
+        let out = cli(&server, &["--timeout", bad, "ping"]);
+        assert_eq!(code(&out), 2, "--timeout {bad:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}: {out:?}");
+    }
+}
+
+#[test]
+fn status_of_a_standalone_server() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    assert_eq!(code(&cli(&server, &["put", "k", "v"])), 0);
+    let out = cli(&server, &["status"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains(&format!("server: {}", server.addr)), "{text}");
+    assert!(text.contains("role: standalone") && text.contains("serving: yes"), "{text}");
+    let out = cli(&server, &["status", "--json"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let json = stdout(&out);
+    let head = format!(
+        r#"{{"server":"{}","id":null,"role":"standalone","view":0,"term":0,"last_lsn":"#,
+        server.addr
+    );
+    assert!(json.starts_with(&head) && json.ends_with(",\"serving\":true}\n"), "{json}");
+    assert_eq!(json.lines().count(), 1);
+    // --coordinator does not matter: status asks the server named.
+    let out = cli(&server, &["--coordinator", "127.0.0.1:1", "status", "--json"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    // Nothing listens on port 1.
+    let out = Command::new(bin("tandem-cli")).args(["--server", "127.0.0.1:1", "status"]).output().unwrap();
+    assert_eq!(code(&out), 2);
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{out:?}");
+}
+
+#[test]
+fn view_without_a_coordinator_exits_2_at_its_timeout() {
+    // A bound UDP socket that never answers: the request arrives and nothing comes back.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let out = Command::new(bin("tandem-cli"))
+        .args(["--coordinator", &addr, "--timeout", "300ms", "view"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code(&out), 2, "{out:?}");
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no coordinator answered") && err.lines().count() == 1, "{err}");
+    assert!(out.stdout.is_empty());
+    let out = Command::new(bin("tandem-cli"))
+        .args(["--coordinator", &addr, "--timeout", "200", "view", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stdout(&out).starts_with("{\"error\":"), "{out:?}");
+    // Data commands through a coordinator that is not there fail the same way.
+    let out = Command::new(bin("tandem-cli"))
+        .args(["--coordinator", &addr, "--timeout", "200", "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+}
+
+#[test]
+fn session_mode_answers_each_line_in_order() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let input = [
+        r#"{"op":"put","key":"k","value":"v1"}"#,
+        r#"{"op":"get","key":"k"}"#,
+        r#"{"op":"append","key":"k","value":"+"}"#,
+        r#"{"op":"get","key":"missing"}"#,
+        r#"{"op":"put","key":"k","value":"v2","version":1}"#,
+        "this is not json",
+        r#"{"op":"delete","key":"missing"}"#,
+        r#"{"op":"frobnicate","key":"k"}"#,
+        r#"{"op":"get","key":"k"}"#,
+        r#"{"op":"put","key":"big","value":"VALUE"}"#,
+    ]
+    .join("\n")
+    .replace("VALUE", &"x".repeat(5000));
+    let out = cli_with_stdin(&server, &["session"], format!("{input}\n").as_bytes());
+    assert_eq!(code(&out), 0, "{out:?}");
+    let text = stdout(&out);
+    let replies: Vec<&str> = text.lines().collect();
+    assert_eq!(replies.len(), 10, "one reply per line: {text}");
+    let version = |reply: &str| -> u64 {
+        let rest = reply.split("\"version\":").nth(1).unwrap_or_else(|| panic!("no version: {reply}"));
+        rest.trim_end_matches('}').split(',').next().unwrap().parse().unwrap()
+    };
+    assert!(replies[0].starts_with(r#"{"outcome":"ok","value":null,"version":"#), "{}", replies[0]);
+    let v1 = version(replies[0]);
+    assert!(v1 > 0);
+    assert_eq!(replies[1], format!(r#"{{"outcome":"ok","value":"v1","version":{v1}}}"#));
+    assert!(replies[2].starts_with(r#"{"outcome":"ok","value":null,"#), "{}", replies[2]);
+    let v2 = version(replies[2]);
+    assert!(v2 > v1);
+    assert_eq!(replies[3], r#"{"outcome":"ok","value":null,"version":0}"#, "a missing key is ok");
+    // A conditional put on a version that is no longer current: refused, with the current one.
+    assert!(replies[4].starts_with(r#"{"outcome":"fail","value":null,"#), "{}", replies[4]);
+    assert_eq!(version(replies[4]), v2);
+    assert!(replies[4].contains(r#""error":"#), "{}", replies[4]);
+    assert!(replies[5].starts_with(r#"{"outcome":"fail","error":"not JSON"#), "{}", replies[5]);
+    assert_eq!(replies[6], r#"{"outcome":"ok","value":null,"version":0}"#, "deleting a missing key is ok");
+    assert!(replies[7].starts_with(r#"{"outcome":"fail","error":"unknown op"#), "{}", replies[7]);
+    assert_eq!(replies[8], format!(r#"{{"outcome":"ok","value":"v1+","version":{v2}}}"#));
+    assert!(
+        replies[9].starts_with(r#"{"outcome":"fail","value":null,"version":0,"error":"#),
+        "{}",
+        replies[9]
+    );
+
+    // A later session with the same client id keeps going upward: its writes are not
+    // refused as stale.
+    for _ in 0..2 {
+        let out = cli_with_stdin(
+            &server,
+            &["session", "--client-id", "42"],
+            b"{\"op\":\"put\",\"key\":\"c\",\"value\":\"1\"}\n{\"op\":\"delete\",\"key\":\"c\"}\n",
+        );
+        assert_eq!(code(&out), 0, "{out:?}");
+        let text = stdout(&out);
+        assert_eq!(text.lines().filter(|l| l.starts_with(r#"{"outcome":"ok""#)).count(), 2, "{text}");
+    }
+    // Nothing to read: a clean exit with no output.
+    let out = cli_with_stdin(&server, &["session"], b"");
+    assert_eq!((code(&out), out.stdout.is_empty()), (0, true), "{out:?}");
+    let out = cli(&server, &["session", "--client-id", "0"]);
+    assert_eq!(code(&out), 2, "client id 0 is anonymous, refused: {out:?}");
+}

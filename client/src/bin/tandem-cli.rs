@@ -1,9 +1,11 @@
-//! `tandem-cli`: one-shot commands, an interactive prompt, latency and bulk-load modes.
+//! `tandem-cli`: one-shot commands, an interactive prompt, latency, bulk-load and session modes,
+//! against one server or, with `--coordinator`, a cluster's primary.
 //!
 //! Exit codes: 0 found / OK, 1 not found, 2 error.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,17 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use client::{Client, ClientError, Op, Options};
+use client::{Client, ClientError, Op, Options, Outcome, View};
 use serde_json::{json, Value as Json};
 
-/// Command-line client for a Tandem server.
+/// Command-line client for a Tandem server or cluster.
 ///
 /// With a command, runs it and exits: 0 = OK/found, 1 = not found, 2 = error. Without one,
 /// opens an interactive prompt (type `help`).
 #[derive(Debug, Parser)]
 // Options are global, so they may come after the command too (`tandem-cli get KEY --json`);
 // negative numbers are read as values, so `-i -1` is refused as a bad value, not as a flag.
-#[command(name = "tandem-cli", version, allow_negative_numbers = true)]
+#[command(name = "tandem-cli", version, allow_negative_numbers = true, after_help = AFTER_HELP)]
 struct Args {
     /// Server address.
     #[arg(
@@ -34,6 +36,11 @@ struct Args {
     )]
     server: String,
 
+    /// Coordinator address(es), comma-separated: commands go to the primary of the cluster's
+    /// current view instead of --server, and are retried across failovers until --timeout.
+    #[arg(long, global = true, env = "TANDEM_COORDINATOR", value_name = "ADDR[,ADDR...]")]
+    coordinator: Option<String>,
+
     /// Print results as JSON, one object per result.
     #[arg(long, global = true)]
     json: bool,
@@ -42,9 +49,11 @@ struct Args {
     #[arg(long, global = true)]
     raw: bool,
 
-    /// Seconds to wait for the connection and for each reply.
-    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS", value_parser = seconds)]
-    timeout: f64,
+    /// Milliseconds (or `500ms`, `2s`). With --coordinator: the deadline of each operation,
+    /// retries included (each attempt waits at most 1 s). Otherwise: the wait for the
+    /// connection and for each reply.
+    #[arg(long, global = true, default_value = "5000", value_name = "MS", value_parser = millis)]
+    timeout: Duration,
 
     /// File holding the token to AUTH with.
     #[arg(long, global = true, value_name = "FILE")]
@@ -110,11 +119,71 @@ enum Cmd {
     Ping,
     /// Print the server's counters.
     Stats,
+    /// Print the coordinator's current view: primary, backups, and why it waits if it does
+    /// (asks --coordinator, default 127.0.0.1:7100).
+    View,
+    /// Print one server's own idea of its role, view and log position (asks --server).
+    Status,
+    /// For programs: read JSON requests from stdin, one per line, and write one JSON reply
+    /// per line to stdout, in order.
+    #[command(long_about = SESSION_HELP)]
+    Session {
+        /// The client id the session's writes carry (at-most-once execution of retries);
+        /// random if not given. Reuse one only in a later session, never in two at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        client_id: Option<u64>,
+    },
 }
+
+const AFTER_HELP: &str = "\
+Cluster: with --coordinator (or TANDEM_COORDINATOR) commands go to the primary of the
+coordinator's current view; `view` prints that view, `status --server ADDR` one server's own idea
+of its role.
+
+Session mode, for programs: one JSON request per line on stdin, one JSON reply per line on stdout.
+  $ echo '{\"op\":\"put\",\"key\":\"k\",\"value\":\"v\"}' | tandem-cli session
+  {\"outcome\":\"ok\",\"value\":null,\"version\":1}
+`tandem-cli session --help` describes the fields.";
+
+const SESSION_HELP: &str = "\
+For programs: read JSON requests from stdin, one per line, and write one JSON reply per line to
+stdout, in order, flushed after each. Runs until stdin ends, then exits 0.
+
+Requests: {\"op\":\"get\"|\"put\"|\"append\"|\"delete\",\"key\":\"K\"} plus \"value\":\"V\" for put and
+append, and an optional \"version\":N making a put, append or delete conditional (done only if
+the key's current version is N).
+
+Replies: {\"outcome\":\"ok\"|\"fail\"|\"unknown\",\"value\":\"V\"|null,\"version\":N,\"error\":\"...\"}
+  ok       done. A get's value (null: the key is absent) and version; a write's new version; a
+           delete's version (0: the key was absent).
+  fail     certainly not applied: refused (e.g. a version conflict, whose version is then the
+           key's current one), or it could not be done in time. Reads are never unknown.
+  unknown  a write that may or may not have been applied (its deadline passed after it was
+           sent); read the key to find out.
+  \"error\" is there only when the outcome is not ok. A value that is not UTF-8 comes as
+  lossy text plus \"value_hex\". A line that is not a valid request gets
+  {\"outcome\":\"fail\",\"error\":\"...\"} and the session goes on.
+
+The session keeps one client id (--client-id, or random) and increasing request ids, so with
+--coordinator every write is retried across failovers without being applied twice; --timeout
+is each request's deadline.
+
+Example:
+  $ printf '%s\\n' '{\"op\":\"put\",\"key\":\"k\",\"value\":\"v\"}' '{\"op\":\"get\",\"key\":\"k\"}' \\
+      | tandem-cli --coordinator 127.0.0.1:7100 session
+  {\"outcome\":\"ok\",\"value\":null,\"version\":1}
+  {\"outcome\":\"ok\",\"value\":\"v\",\"version\":1}";
+
+/// The coordinator `view` asks when none is given.
+const DEFAULT_COORDINATOR: &str = "127.0.0.1:7100";
+
+/// In cluster mode, the longest one attempt waits to connect or for a reply, so that a
+/// primary that hangs is given up on and the view asked again well before the deadline.
+const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a command ended as; maps to the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Outcome {
+enum Exit {
     Ok = 0,
     NotFound = 1,
     Error = 2,
@@ -125,6 +194,30 @@ struct Cli {
     /// The `--auth-token` file's contents, read once at start.
     token: Option<Vec<u8>>,
     client: Option<Client>,
+    /// The client's connection failed: reconnect it (keeping its client id) before next use.
+    reconnect: bool,
+    /// The client id to use (`session --client-id`); random if `None`.
+    client_id: Option<u64>,
+}
+
+/// A duration in milliseconds (`1500`, `1500ms`) or seconds (`1.5s`): finite, more than zero,
+/// at most a year.
+fn millis(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, ms_per_unit) = match t.strip_suffix("ms") {
+        Some(n) => (n, 1.0),
+        None => t.strip_suffix('s').map_or((t, 1.0), |n| (n, 1000.0)),
+    };
+    let ms = number
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| "expected milliseconds, e.g. 500, 500ms or 2s".to_string())?
+        * ms_per_unit;
+    if ms.is_finite() && ms > 0.0 && ms <= 365.0 * 86400.0 * 1000.0 {
+        Ok(Duration::from_secs_f64(ms / 1000.0))
+    } else {
+        Err("must be more than 0 and at most a year".into())
+    }
 }
 
 /// A number of seconds: finite, not negative, at most a year.
@@ -205,19 +298,66 @@ fn split_words(line: &str) -> Result<Vec<Vec<u8>>, String> {
 }
 
 impl Cli {
+    /// The client for data commands: the cluster's when --coordinator is given, else
+    /// --server's. Made once and reconnected after failures, so it keeps one client id.
     fn connect(&mut self) -> Result<&mut Client, ClientError> {
-        if self.client.is_none() {
-            let timeout = Duration::from_secs_f64(self.args.timeout.max(0.001));
-            let options =
-                Options { connect_timeout: timeout, io_timeout: Some(timeout), ..Options::default() };
-            let mut client = Client::connect_with(self.args.server.as_str(), options)?;
-            if let Some(token) = &self.token {
-                client.auth(token)?;
+        match self.client.as_mut() {
+            Some(client) if self.reconnect => {
+                client.reconnect()?;
+                if let (Some(token), false) = (&self.token, client.is_cluster()) {
+                    client.auth(token)?;
+                }
+                self.reconnect = false;
             }
-            self.client = Some(client);
+            Some(_) => {}
+            None => {
+                let client = match self.args.coordinator.clone() {
+                    Some(list) => {
+                        let attempt = self.args.timeout.min(CLUSTER_ATTEMPT_TIMEOUT);
+                        let options = Options {
+                            op_timeout: self.args.timeout,
+                            connect_timeout: attempt,
+                            io_timeout: Some(attempt),
+                            client_id: self.client_id,
+                            ..Options::default()
+                        };
+                        let mut client = Client::connect_cluster(&resolve_all(&list)?, options)?;
+                        if let Some(token) = &self.token {
+                            client.auth(token)?;
+                        }
+                        client
+                    }
+                    None => self.connect_server()?,
+                };
+                self.client = Some(client);
+            }
         }
         // Just set above if it was missing.
         self.client.as_mut().ok_or(ClientError::Broken)
+    }
+
+    /// A client for the one server --server names, authenticated if a token was given.
+    fn connect_server(&self) -> Result<Client, ClientError> {
+        let timeout = self.args.timeout;
+        let options = Options {
+            connect_timeout: timeout,
+            io_timeout: Some(timeout),
+            client_id: self.client_id,
+            ..Options::default()
+        };
+        let mut client = Client::connect_with(self.args.server.as_str(), options)?;
+        if let Some(token) = &self.token {
+            client.auth(token)?;
+        }
+        Ok(client)
+    }
+
+    /// Notes a failure that leaves a one-server connection unusable.
+    fn note_failure(&mut self, e: &ClientError) {
+        if matches!(e, ClientError::Broken | ClientError::Closed | ClientError::Timeout | ClientError::Io(_))
+        {
+            self.reconnect = true;
+        }
     }
 
     fn value_arg(value: &OsString) -> io::Result<Vec<u8>> {
@@ -231,31 +371,31 @@ impl Cli {
     }
 
     /// Runs one command and prints its result.
-    fn run(&mut self, cmd: &Cmd) -> Outcome {
+    fn run(&mut self, cmd: &Cmd) -> Exit {
         match self.execute(cmd) {
-            Ok(outcome) => outcome,
+            Ok(exit) => exit,
             Err(e) => {
-                if matches!(
-                    e,
-                    ClientError::Broken | ClientError::Closed | ClientError::Timeout | ClientError::Io(_)
-                ) {
-                    self.client = None; // reconnect next time
-                }
+                self.note_failure(&e);
                 if self.args.json {
                     println!("{}", json!({ "error": e.to_string() }));
                 } else {
                     eprintln!("error: {e}");
                 }
-                Outcome::Error
+                Exit::Error
             }
         }
     }
 
-    fn execute(&mut self, cmd: &Cmd) -> Result<Outcome, ClientError> {
+    fn execute(&mut self, cmd: &Cmd) -> Result<Exit, ClientError> {
+        match cmd {
+            Cmd::View => return self.view(),
+            Cmd::Status => return self.status(),
+            _ => {}
+        }
         let (json, raw) = (self.args.json, self.args.raw);
         let client = self.connect()?;
         let mut stdout = io::stdout().lock();
-        let outcome = match cmd {
+        let exit = match cmd {
             Cmd::Get { key } => match client.get(&bytes(key))? {
                 Some(v) => {
                     if json {
@@ -268,7 +408,7 @@ impl Cli {
                     } else {
                         let _ = writeln!(stdout, "{}", escape(&v.data));
                     }
-                    Outcome::Ok
+                    Exit::Ok
                 }
                 None => {
                     if json {
@@ -276,7 +416,7 @@ impl Cli {
                     } else {
                         eprintln!("(not found)");
                     }
-                    Outcome::NotFound
+                    Exit::NotFound
                 }
             },
             Cmd::Put { key, value } | Cmd::Append { key, value } => {
@@ -291,7 +431,7 @@ impl Cli {
                 } else {
                     let _ = writeln!(stdout, "OK (version {version})");
                 }
-                Outcome::Ok
+                Exit::Ok
             }
             Cmd::Del { key } => {
                 let existed = client.delete(&bytes(key))?;
@@ -303,9 +443,9 @@ impl Cli {
                     eprintln!("(not found)");
                 }
                 if existed {
-                    Outcome::Ok
+                    Exit::Ok
                 } else {
-                    Outcome::NotFound
+                    Exit::NotFound
                 }
             }
             Cmd::Ping => {
@@ -317,7 +457,7 @@ impl Cli {
                 } else {
                     let _ = writeln!(stdout, "PONG ({us} us)");
                 }
-                Outcome::Ok
+                Exit::Ok
             }
             Cmd::Stats => {
                 let stats = client.stats()?;
@@ -335,17 +475,88 @@ impl Cli {
                         let _ = writeln!(stdout, "{k}:{v}");
                     }
                 }
-                Outcome::Ok
+                Exit::Ok
             }
+            // Dispatched before connecting.
+            Cmd::View | Cmd::Status | Cmd::Session { .. } => Exit::Error,
         };
         let _ = stdout.flush();
-        Ok(outcome)
+        Ok(exit)
     }
 
-    fn repeat(&mut self, cmd: &Cmd) -> Outcome {
+    /// `view`: the coordinator's current view.
+    fn view(&mut self) -> Result<Exit, ClientError> {
+        let list = self.args.coordinator.as_deref().unwrap_or(DEFAULT_COORDINATOR);
+        let view = client::fetch_view(&resolve_all(list)?, self.args.timeout)?;
+        if self.args.json {
+            println!("{}", view_json(&view));
+        } else {
+            print!("{}", view_text(&view));
+        }
+        let _ = io::stdout().flush();
+        Ok(Exit::Ok)
+    }
+
+    /// `status`: what one server says about itself in its STATS.
+    fn status(&mut self) -> Result<Exit, ClientError> {
+        let mut client = self.connect_server()?;
+        let status = ServerStatus::from_stats(&self.args.server, &client.stats()?);
+        if self.args.json {
+            println!("{}", status.json());
+        } else {
+            print!("{}", status.text());
+        }
+        let _ = io::stdout().flush();
+        Ok(Exit::Ok)
+    }
+
+    /// `session`: JSON requests in, JSON replies out, until stdin ends.
+    fn session(&mut self) -> Exit {
+        let mut stdout = io::stdout().lock();
+        for line in io::stdin().lock().split(b'\n') {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => {
+                    eprintln!("error: reading stdin: {e}");
+                    return Exit::Error;
+                }
+            };
+            let reply = self.session_request(&line);
+            if let Err(e) = writeln!(stdout, "{reply}").and_then(|()| stdout.flush()) {
+                eprintln!("error: writing stdout: {e}");
+                return Exit::Error;
+            }
+        }
+        Exit::Ok
+    }
+
+    /// Executes one session line and returns its reply line.
+    fn session_request(&mut self, line: &[u8]) -> String {
+        let request = match std::str::from_utf8(line) {
+            Ok(text) => SessionRequest::parse(text.trim_end_matches('\r')),
+            Err(_) => Err("the line is not UTF-8".into()),
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(why) => return format!("{{\"outcome\":\"fail\",\"error\":{}}}", Json::from(why)),
+        };
+        let result = self.connect().and_then(|client| request.execute(client));
+        match result {
+            Ok((value, version)) => session_reply("ok", value.as_deref(), version, None),
+            Err(e) => {
+                self.note_failure(&e);
+                // A read has no effect, so whatever went wrong it certainly did nothing.
+                let unknown = request.op != SessionOp::Get && e.outcome() == Outcome::Unknown;
+                let version = if let ClientError::Conflict { current } = e { current } else { 0 };
+                session_reply(if unknown { "unknown" } else { "fail" }, None, version, Some(&e.to_string()))
+            }
+        }
+    }
+
+    fn repeat(&mut self, cmd: &Cmd) -> Exit {
         let times = self.args.repeat.unwrap_or(1).max(1);
         let interval = Duration::from_secs_f64(self.args.interval.unwrap_or(0.0).max(0.0));
-        let mut worst = Outcome::Ok;
+        let mut worst = Exit::Ok;
         for i in 0..times {
             if i > 0 && !interval.is_zero() {
                 std::thread::sleep(interval);
@@ -355,11 +566,11 @@ impl Cli {
         worst
     }
 
-    fn latency(&mut self) -> Outcome {
+    fn latency(&mut self) -> Exit {
         let interrupted = Arc::new(AtomicBool::new(false));
         if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone()) {
             eprintln!("error: cannot watch for Ctrl-C: {e}");
-            return Outcome::Error;
+            return Exit::Error;
         }
         let interval = Duration::from_secs_f64(self.args.interval.unwrap_or(0.01).max(0.0));
         let limit = self.args.repeat;
@@ -371,13 +582,13 @@ impl Cli {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    return Outcome::Error;
+                    return Exit::Error;
                 }
             };
             let started = Instant::now();
             if let Err(e) = client.ping() {
                 eprintln!("error: {e}");
-                return Outcome::Error;
+                return Exit::Error;
             }
             samples.push(started.elapsed().as_micros() as u64);
             if live && last_print.elapsed() >= Duration::from_secs(1) {
@@ -393,17 +604,17 @@ impl Cli {
         }
         if samples.is_empty() {
             eprintln!("error: no samples taken");
-            return Outcome::Error;
+            return Exit::Error;
         }
         if self.args.json {
             println!("{}", latency_json(&mut samples));
         } else {
             println!("{}", latency_summary(&mut samples));
         }
-        Outcome::Ok
+        Exit::Ok
     }
 
-    fn pipe(&mut self) -> Outcome {
+    fn pipe(&mut self) -> Exit {
         let stdin = io::stdin().lock();
         let mut lines: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
         let mut bad_lines = 0u64;
@@ -447,7 +658,7 @@ impl Cli {
                 Ok(line) => line,
                 Err(e) => {
                     eprintln!("error: reading stdin: {e}");
-                    return Outcome::Error;
+                    return Exit::Error;
                 }
             };
             let text = String::from_utf8_lossy(&line);
@@ -478,13 +689,13 @@ impl Cli {
             if lines.len() >= 1024 {
                 if let Err(e) = flush(self, &mut lines) {
                     eprintln!("error: {e}");
-                    return Outcome::Error;
+                    return Exit::Error;
                 }
             }
         }
         if let Err(e) = flush(self, &mut lines) {
             eprintln!("error: {e}");
-            return Outcome::Error;
+            return Exit::Error;
         }
         if self.args.json {
             println!("{}", json!({ "sent": sent, "ok": ok, "errors": errors, "bad_lines": bad_lines }));
@@ -492,26 +703,26 @@ impl Cli {
             println!("sent {sent}, ok {ok}, errors {errors}, bad lines {bad_lines}");
         }
         if errors > 0 || bad_lines > 0 {
-            Outcome::Error
+            Exit::Error
         } else {
-            Outcome::Ok
+            Exit::Ok
         }
     }
 
-    fn interactive(&mut self) -> Outcome {
+    fn interactive(&mut self) -> Exit {
         let mut editor = match rustyline::DefaultEditor::new() {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("error: cannot start the prompt: {e}");
-                return Outcome::Error;
+                return Exit::Error;
             }
         };
         let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tandem_cli_history"));
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
-        let prompt = format!("tandem {}> ", self.args.server);
-        let mut last = Outcome::Ok;
+        let prompt = format!("tandem {}> ", self.args.coordinator.as_deref().unwrap_or(&self.args.server));
+        let mut last = Exit::Ok;
         loop {
             let line = match editor.readline(&prompt) {
                 Ok(line) => line,
@@ -546,6 +757,8 @@ impl Cli {
                 (b"append", 3) => Cmd::Append { key: os(&words[1]), value: os(&words[2]) },
                 (b"ping", 1) => Cmd::Ping,
                 (b"stats", 1) => Cmd::Stats,
+                (b"view", 1) => Cmd::View,
+                (b"status", 1) => Cmd::Status,
                 _ => {
                     eprintln!("error: unknown command or wrong number of arguments (type `help`)");
                     continue;
@@ -568,9 +781,233 @@ commands:
   append KEY VALUE     append VALUE to KEY's value
   ping                 check the server answers
   stats                print the server's counters
+  view                 print the coordinator's current view
+  status               print the --server's own role, view and log position
   help                 this text
   quit                 leave (or Ctrl-D)
 Quote words with spaces: put greeting \"hello world\"; escapes in double quotes: \\n \\t \\xHH";
+
+/// Every address of a comma-separated list of `host:port`s.
+fn resolve_all(list: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    let mut addrs = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let found =
+            name.to_socket_addrs().map_err(|source| ClientError::Connect { addr: name.into(), source })?;
+        addrs.extend(found);
+    }
+    if addrs.is_empty() {
+        let source = io::Error::new(io::ErrorKind::InvalidInput, "no address given");
+        return Err(ClientError::Connect { addr: list.into(), source });
+    }
+    Ok(addrs)
+}
+
+/// A JSON string (escaped, quoted). The replies of `view`, `status` and `session` are written
+/// by hand because their keys must come in a fixed order, which `serde_json`'s map does not
+/// keep.
+fn quoted(text: &str) -> String {
+    Json::from(text).to_string()
+}
+
+fn member_json(m: &client::Member) -> String {
+    format!("{{\"id\":{},\"addr\":{}}}", quoted(&m.id), quoted(&m.addr))
+}
+
+fn view_json(view: &View) -> String {
+    let primary = view.primary.as_ref().map_or("null".to_string(), member_json);
+    let backups: Vec<String> = view.backups.iter().map(member_json).collect();
+    let waiting = if view.waiting.is_empty() { "null".to_string() } else { quoted(&view.waiting) };
+    format!(
+        "{{\"view\":{},\"primary\":{primary},\"backups\":[{}],\"waiting\":{waiting}}}",
+        view.num,
+        backups.join(",")
+    )
+}
+
+fn view_text(view: &View) -> String {
+    let member = |m: &client::Member| format!("{}@{}", m.id, m.addr);
+    let mut text = if view.num == 0 {
+        "view 0 (none decided yet)\n".to_string()
+    } else {
+        format!("view {} (term {})\n", view.num, view.term)
+    };
+    text += &format!("primary: {}\n", view.primary.as_ref().map_or("none".to_string(), member));
+    let backups: Vec<String> = view.backups.iter().map(member).collect();
+    text +=
+        &format!("backups: {}\n", if backups.is_empty() { "none".to_string() } else { backups.join(", ") });
+    if !view.waiting.is_empty() {
+        text += &format!("waiting: {}\n", view.waiting);
+    }
+    text
+}
+
+/// A server's own account of its place in the cluster, from its STATS lines.
+#[derive(Debug, PartialEq, Eq)]
+struct ServerStatus {
+    server: String,
+    /// `None` for a standalone server.
+    id: Option<String>,
+    role: String,
+    view: u64,
+    term: u64,
+    last_lsn: u64,
+    committed_lsn: u64,
+    serving: bool,
+    lease_left_ms: Option<u64>,
+    coordinator_waiting: String,
+}
+
+impl ServerStatus {
+    fn from_stats(server: &str, stats: &[(String, String)]) -> ServerStatus {
+        let get = |name: &str| stats.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim());
+        let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+        let cluster = get("cluster") == Some("1");
+        let last_lsn = number("last_lsn").unwrap_or(0);
+        ServerStatus {
+            server: server.to_string(),
+            id: get("server_id").filter(|id| cluster && !id.is_empty()).map(str::to_string),
+            role: get("role").filter(|r| !r.is_empty()).unwrap_or("standalone").to_string(),
+            view: number("view").unwrap_or(0),
+            term: number("term").unwrap_or(0),
+            last_lsn,
+            // Alone, a server has no one to wait for: all it holds is committed.
+            committed_lsn: number("committed_lsn").unwrap_or(if cluster { 0 } else { last_lsn }),
+            serving: get("serving").map_or(!cluster, |v| v == "1"),
+            lease_left_ms: number("lease_left_ms"),
+            coordinator_waiting: get("coordinator_waiting").unwrap_or("").to_string(),
+        }
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"server\":{},\"id\":{},\"role\":{},\"view\":{},\"term\":{},\"last_lsn\":{},\"committed_lsn\":{},\"serving\":{}}}",
+            quoted(&self.server),
+            self.id.as_deref().map_or("null".to_string(), quoted),
+            quoted(&self.role),
+            self.view,
+            self.term,
+            self.last_lsn,
+            self.committed_lsn,
+            self.serving
+        )
+    }
+
+    fn text(&self) -> String {
+        let mut text = format!("server: {}\n", self.server);
+        if let Some(id) = &self.id {
+            text += &format!("id: {id}\n");
+        }
+        text += &format!("role: {}\n", self.role);
+        if self.id.is_some() {
+            text += &format!("view: {} (term {})\n", self.view, self.term);
+        }
+        text += &format!("log: last_lsn {}, committed_lsn {}\n", self.last_lsn, self.committed_lsn);
+        text += &format!("serving: {}\n", if self.serving { "yes" } else { "no" });
+        if let Some(ms) = self.lease_left_ms {
+            text += &format!("lease_left_ms: {ms}\n");
+        }
+        if !self.coordinator_waiting.is_empty() {
+            text += &format!("coordinator_waiting: {}\n", self.coordinator_waiting);
+        }
+        text
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionOp {
+    Get,
+    Put,
+    Append,
+    Delete,
+}
+
+/// One `session` request line.
+#[derive(Debug, PartialEq, Eq)]
+struct SessionRequest {
+    op: SessionOp,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    /// Expected version of a conditional write; 0 = unconditional.
+    version: u64,
+}
+
+impl SessionRequest {
+    /// Parses and checks a line; the error says what is wrong with it.
+    fn parse(line: &str) -> Result<SessionRequest, String> {
+        let json: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let Json::Object(fields) = json else { return Err("a request is a JSON object".into()) };
+        // A misspelt field (say "verison") must not silently make a conditional write blind.
+        if let Some(unknown) =
+            fields.keys().find(|k| !matches!(k.as_str(), "op" | "key" | "value" | "version"))
+        {
+            return Err(format!("unknown field {}", quoted(unknown)));
+        }
+        let text = |name: &str| match fields.get(name) {
+            None => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("\"{name}\" must be a string")),
+        };
+        let op = match text("op")? {
+            Some("get") => SessionOp::Get,
+            Some("put") => SessionOp::Put,
+            Some("append") => SessionOp::Append,
+            Some("delete") => SessionOp::Delete,
+            Some(other) => return Err(format!("unknown op {}: get, put, append or delete", quoted(other))),
+            None => return Err("\"op\" is missing".into()),
+        };
+        let key = text("key")?.filter(|k| !k.is_empty()).ok_or("\"key\" is missing or empty")?;
+        let value = text("value")?;
+        let takes_value = matches!(op, SessionOp::Put | SessionOp::Append);
+        if takes_value && value.is_none() {
+            return Err("\"value\" is missing".into());
+        }
+        if !takes_value && value.is_some() {
+            return Err("only put and append take a \"value\"".into());
+        }
+        let version = match fields.get("version") {
+            None => 0,
+            Some(_) if op == SessionOp::Get => return Err("get takes no \"version\"".into()),
+            Some(v) => v.as_u64().ok_or("\"version\" must be a whole number from 0")?,
+        };
+        Ok(SessionRequest {
+            op,
+            key: key.as_bytes().to_vec(),
+            value: value.unwrap_or("").as_bytes().to_vec(),
+            version,
+        })
+    }
+
+    /// Runs it: the value read (gets) and the version read or written (0 when none).
+    fn execute(&self, client: &mut Client) -> Result<(Option<Vec<u8>>, u64), ClientError> {
+        let (key, value, version) = (&self.key[..], &self.value[..], self.version);
+        Ok(match self.op {
+            SessionOp::Get => client.get(key)?.map_or((None, 0), |v| (Some(v.data), v.version)),
+            SessionOp::Put => (None, client.put_if(key, value, version)?),
+            SessionOp::Append => (None, client.append_if(key, value, version)?),
+            SessionOp::Delete => (None, client.delete_if(key, version)?.unwrap_or(0)),
+        })
+    }
+}
+
+/// One `session` reply line, keys in the documented order.
+fn session_reply(outcome: &str, value: Option<&[u8]>, version: u64, error: Option<&str>) -> String {
+    let mut line = format!("{{\"outcome\":{}", quoted(outcome));
+    match value.map(|v| (v, std::str::from_utf8(v))) {
+        None => line += ",\"value\":null",
+        Some((_, Ok(text))) => line += &format!(",\"value\":{}", quoted(text)),
+        Some((bytes, Err(_))) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            line +=
+                &format!(",\"value\":{},\"value_hex\":\"{hex}\"", quoted(&String::from_utf8_lossy(bytes)));
+        }
+    }
+    line += &format!(",\"version\":{version}");
+    if let Some(error) = error {
+        line += &format!(",\"error\":{}", quoted(error));
+    }
+    line.push('}');
+    line
+}
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
     let rank = ((sorted.len() as f64) * q).ceil() as usize;
@@ -608,34 +1045,46 @@ fn latency_summary(samples: &mut [u64]) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // An empty TANDEM_COORDINATOR means "not a cluster", as if it were unset.
+    args.coordinator = args.coordinator.filter(|list| !list.trim().is_empty());
     let command = args.command.clone();
     if (args.latency || args.pipe) && command.is_some() {
         eprintln!("tandem-cli: --latency and --pipe take no command");
-        return ExitCode::from(Outcome::Error as u8);
+        return ExitCode::from(Exit::Error as u8);
     }
     let token = match &args.auth_token {
         Some(path) => match std::fs::read(path) {
             Ok(bytes) => Some(bytes.trim_ascii().to_vec()),
             Err(e) => {
                 eprintln!("tandem-cli: cannot read --auth-token {}: {e}", path.display());
-                return ExitCode::from(Outcome::Error as u8);
+                return ExitCode::from(Exit::Error as u8);
             }
         },
         None => None,
     };
+    if matches!(command, Some(Cmd::Session { .. })) && (args.repeat.is_some() || args.interval.is_some()) {
+        eprintln!("tandem-cli: session takes no --repeat or --interval");
+        return ExitCode::from(Exit::Error as u8);
+    }
     let (latency, pipe) = (args.latency, args.pipe);
-    let mut cli = Cli { args, token, client: None };
-    let outcome = if latency {
+    let client_id = match command {
+        Some(Cmd::Session { client_id }) => client_id,
+        _ => None,
+    };
+    let mut cli = Cli { args, token, client: None, reconnect: false, client_id };
+    let exit = if latency {
         cli.latency()
     } else if pipe {
         cli.pipe()
+    } else if let Some(Cmd::Session { .. }) = command {
+        cli.session()
     } else if let Some(cmd) = command {
         cli.repeat(&cmd)
     } else {
         cli.interactive()
     };
-    ExitCode::from(outcome as u8)
+    ExitCode::from(exit as u8)
 }
 
 #[cfg(test)]
@@ -657,6 +1106,116 @@ mod tests {
         );
         assert!(split_words("put \"open").is_err());
         assert_eq!(split_words("  ").unwrap(), Vec::<Vec<u8>>::new());
+    }
+
+    #[test]
+    fn timeouts_are_milliseconds_or_suffixed() {
+        assert_eq!(millis("5000"), Ok(Duration::from_secs(5)));
+        assert_eq!(millis("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(millis("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(millis("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "-1", "0ms", "inf", "NaN", "infs", "", "ms", "5 minutes", "1e30"] {
+            assert!(millis(bad).is_err(), "{bad:?} was accepted");
+        }
+        let args = Args::try_parse_from(["tandem-cli", "--timeout", "250ms", "ping"]).unwrap();
+        assert_eq!(args.timeout, Duration::from_millis(250));
+        let args = Args::try_parse_from(["tandem-cli", "ping"]).unwrap();
+        assert_eq!(args.timeout, Duration::from_secs(5), "the default is 5000 ms");
+    }
+
+    #[test]
+    fn session_requests_parse_and_refuse_what_is_wrong() {
+        let put = SessionRequest::parse(r#"{"op":"put","key":"k","value":"v","version":3}"#).unwrap();
+        assert_eq!(
+            put,
+            SessionRequest { op: SessionOp::Put, key: b"k".to_vec(), value: b"v".to_vec(), version: 3 }
+        );
+        let get = SessionRequest::parse(r#"{"op":"get","key":"k"}"#).unwrap();
+        assert_eq!((get.op, get.version), (SessionOp::Get, 0));
+        assert_eq!(SessionRequest::parse(r#"{"op":"delete","key":"k"}"#).unwrap().op, SessionOp::Delete);
+        for (bad, why) in [
+            ("", "not JSON"),
+            ("[1]", "object"),
+            (r#"{"key":"k"}"#, "op"),
+            (r#"{"op":"frob","key":"k"}"#, "unknown op"),
+            (r#"{"op":"get"}"#, "key"),
+            (r#"{"op":"get","key":""}"#, "key"),
+            (r#"{"op":"put","key":"k"}"#, "value"),
+            (r#"{"op":"get","key":"k","value":"v"}"#, "value"),
+            (r#"{"op":"get","key":"k","version":1}"#, "version"),
+            (r#"{"op":"put","key":"k","value":"v","version":-1}"#, "version"),
+            (r#"{"op":"put","key":"k","value":"v","verison":1}"#, "unknown field"),
+            (r#"{"op":"put","key":1,"value":"v"}"#, "string"),
+        ] {
+            let err = SessionRequest::parse(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn session_replies_keep_their_key_order() {
+        assert_eq!(session_reply("ok", Some(b"v"), 4, None), r#"{"outcome":"ok","value":"v","version":4}"#);
+        assert_eq!(session_reply("ok", None, 0, None), r#"{"outcome":"ok","value":null,"version":0}"#);
+        assert_eq!(
+            session_reply("unknown", None, 0, Some("deadline \"passed\"")),
+            r#"{"outcome":"unknown","value":null,"version":0,"error":"deadline \"passed\""}"#
+        );
+        assert_eq!(
+            session_reply("ok", Some(b"a\xff"), 1, None),
+            "{\"outcome\":\"ok\",\"value\":\"a\u{fffd}\",\"value_hex\":\"61ff\",\"version\":1}"
+        );
+    }
+
+    #[test]
+    fn view_json_has_the_documented_shape() {
+        let member = |id: &str, port: u16| client::Member {
+            id: id.into(),
+            addr: format!("127.0.0.1:{port}"),
+            ..client::Member::default()
+        };
+        let view = View {
+            num: 7,
+            term: 5,
+            primary: Some(member("s1", 7071)),
+            backups: vec![member("s2", 7072)],
+            ..View::default()
+        };
+        assert_eq!(
+            view_json(&view),
+            r#"{"view":7,"primary":{"id":"s1","addr":"127.0.0.1:7071"},"backups":[{"id":"s2","addr":"127.0.0.1:7072"}],"waiting":null}"#
+        );
+        let waiting = View { num: 8, waiting: "no server has reported yet".into(), ..View::default() };
+        assert_eq!(
+            view_json(&waiting),
+            r#"{"view":8,"primary":null,"backups":[],"waiting":"no server has reported yet"}"#
+        );
+        let text = view_text(&view);
+        assert!(text.contains("primary: s1@127.0.0.1:7071") && text.contains("backups: s2@127.0.0.1:7072"));
+        assert!(view_text(&waiting).contains("waiting: no server has reported yet"));
+    }
+
+    #[test]
+    fn status_reads_the_cluster_lines_of_stats() {
+        let stats = |lines: &str| -> Vec<(String, String)> {
+            lines.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.into(), v.into())).collect()
+        };
+        let primary = ServerStatus::from_stats(
+            "127.0.0.1:7071",
+            &stats("keys:3\ncluster:1\nserver_id:s1\nrole:primary\nview:7\nterm:5\nlast_lsn:123\ncommitted_lsn:120\nserving:1\nlease_left_ms:800\ncoordinator_waiting:"),
+        );
+        assert_eq!(
+            primary.json(),
+            r#"{"server":"127.0.0.1:7071","id":"s1","role":"primary","view":7,"term":5,"last_lsn":123,"committed_lsn":120,"serving":true}"#
+        );
+        let alone = ServerStatus::from_stats(
+            "127.0.0.1:7070",
+            &stats("keys:3\nlast_lsn:9\ncluster:0\nrole:standalone"),
+        );
+        assert_eq!(
+            alone.json(),
+            r#"{"server":"127.0.0.1:7070","id":null,"role":"standalone","view":0,"term":0,"last_lsn":9,"committed_lsn":9,"serving":true}"#
+        );
+        assert!(alone.text().contains("role: standalone"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! # Ok::<(), server::ServerError>(())
 //! ```
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conn;

@@ -1,4 +1,4 @@
-//! The `tandem-coordinator` binary: the view service of a Tandem cluster.
+//! `tandem-coordinator`'s command line: the view service of a Tandem cluster.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::coordinator::driver::{Coordinator, Options};
+use crate::coordinator::view_service;
+use crate::secret::Key;
 use clap::Parser;
-use server::coordinator::driver::{Coordinator, Options};
-use server::coordinator::view_service;
-use server::secret::Key;
 
 /// The view service of a Tandem cluster: servers heartbeat it over UDP; it decides, view by
 /// view, which of them is primary and which are backups, and tells clients where the primary is.
@@ -90,9 +90,15 @@ fn run(args: Args) -> Result<(), String> {
     coordinator.run().map_err(|e| e.to_string())
 }
 
-fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Args::parse()) {
+/// The `tandem-coordinator` command: parses `args` (the first is the program name), runs, and says how it
+/// ended.
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
+    match run(Args::parse_from(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tandem-coordinator: {e}");

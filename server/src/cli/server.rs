@@ -1,4 +1,4 @@
-//! The `tandem-server` binary: flags → [`server::Config`] → bind → run.
+//! `tandem-server`'s command line: flags → [`crate::Config`] → bind → run.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::{Config, Server};
 use clap::Parser;
-use server::{Config, Server};
 use storage::Durability;
 
 /// A low-latency key-value server speaking Tandem's fixed 4096-byte frame protocol.
@@ -144,20 +144,20 @@ fn run(args: Args) -> Result<(), String> {
         }
         let key = match &args.cluster_secret {
             Some(path) => Some(
-                server::secret::Key::load(path)
+                crate::secret::Key::load(path)
                     .map_err(|e| format!("--cluster-secret {}: {e}", path.display()))?,
             ),
             None => None,
         };
         let lease = Duration::from_millis(args.lease_ms);
-        let replica = server::replica::Config {
+        let replica = crate::replica::Config {
             ping_interval: Duration::from_millis(args.ping_interval_ms),
             lease,
             grace: lease * 2,
             beacon_interval: (lease / 8).max(Duration::from_millis(1)),
-            ..server::replica::Config::default()
+            ..crate::replica::Config::default()
         };
-        Some(server::cluster::ClusterSettings {
+        Some(crate::cluster::ClusterSettings {
             coordinators: args.coordinator.clone(),
             id: args.id.clone(),
             advertise: args.advertise,
@@ -190,9 +190,15 @@ fn run(args: Args) -> Result<(), String> {
     server.run().map_err(|e| e.to_string())
 }
 
-fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Args::parse()) {
+/// The `tandem-server` command: parses `args` (the first is the program name), runs, and says how it
+/// ended.
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
+    match run(Args::parse_from(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tandem-server: {e}");

@@ -50,7 +50,7 @@ pub const HEARTBEAT_TOKEN: Token = Token(3);
 const PEER_HIGH_WATER: usize = 4 << 20;
 /// Most bytes encoded into one peer's stream per loop iteration, so a catching-up peer never
 /// holds the loop long.
-const PUMP_BUDGET: usize = 1 << 20;
+const PUMP_BUDGET: usize = 2 << 20;
 /// Most bytes read from one peer per event before the others get their turn.
 const PEER_READ_BUDGET: usize = 4 << 20;
 
@@ -788,9 +788,22 @@ impl ClusterIo {
         self.reap(node, registry);
     }
 
-    /// Whether peers have input waiting (the loop should not sleep).
-    pub fn has_ready(&self) -> bool {
+    /// Whether there is work the loop must come back for without waiting for an event: peer
+    /// input left over after a read budget, or a stream with records not yet encoded whose
+    /// socket is not backed up.
+    pub fn has_work(&self, last_lsn: u64) -> bool {
         !self.ready.is_empty()
+            || self.peers.iter().any(|(_, c)| {
+                c.connected
+                    && !c.dead
+                    && c.fixed_replies == 0
+                    && c.pending() < PEER_HIGH_WATER
+                    && match &c.pump {
+                        Pump::Idle => false,
+                        Pump::Log { cursor, .. } => cursor.next_lsn().0 <= last_lsn,
+                        Pump::Snapshot { .. } => true,
+                    }
+            })
     }
 
     fn read_peer(&mut self, key: usize, node: &mut Node, registry: &Registry, effects: &mut Effects) {
@@ -1117,7 +1130,8 @@ impl ClusterIo {
     /// budgets, and keeps compaction from discarding what they still need.
     pub fn pump(&mut self, node: &mut Node, registry: &Registry, effects: &mut Effects) {
         let mut gaps: Vec<String> = Vec::new();
-        let terms = node.replica.as_ref().map(|r| r.terms().clone()).unwrap_or_default();
+        let no_terms = crate::replica::Terms::default();
+        let terms = node.replica.as_ref().map_or(&no_terms, |r| r.terms());
         let mut pin: Option<u64> = None;
         for (_, c) in self.peers.iter_mut() {
             let Side::Down { peer } = &c.side else { continue };

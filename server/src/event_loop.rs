@@ -345,7 +345,8 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant, next_sweep: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() || self.cluster.as_ref().is_some_and(|c| c.has_ready()) {
+        let last = self.node.store.last_lsn().0;
+        if !self.ready.is_empty() || self.cluster.as_ref().is_some_and(|c| c.has_work(last)) {
             return Some(Duration::ZERO);
         }
         let mut deadline = next_sweep;

@@ -456,7 +456,14 @@ impl Replica {
     /// [`NotServing`] saying what to answer.
     pub fn can_serve(&self, now: Time) -> Result<(), NotServing> {
         let Some(p) = &self.primary else {
-            return Err(NotServing::NotPrimary(self.view.primary.as_ref().map(|m| m.addr.clone())));
+            return Err(match &self.view.primary {
+                // The view names this server, as recorded for an earlier run: pointing the
+                // client here again would send it round in a circle.
+                Some(m) if m.id == self.cfg.id => NotServing::Unavailable(
+                    "this server restarted; waiting for the coordinator to decide its place",
+                ),
+                other => NotServing::NotPrimary(other.as_ref().map(|m| m.addr.clone())),
+            });
         };
         if p.superseded {
             return Err(NotServing::Unavailable("a newer view exists; waiting for the coordinator"));

@@ -264,6 +264,19 @@ pub struct ClusterSettings {
     pub replica: crate::replica::Config,
 }
 
+/// A client connection whose next frame is a replication handshake, handed over by the
+/// event loop.
+pub struct Handoff {
+    /// Its socket.
+    pub stream: TcpStream,
+    /// Replies to frames before the handshake not yet sent (they go first).
+    pub earlier_replies: Vec<u8>,
+    /// The `REPL_HELLO` frame.
+    pub hello: Box<[u8; FRAME_LEN]>,
+    /// Bytes that arrived after it.
+    pub rest: Vec<u8>,
+}
+
 /// What the event loop must do after the driver ran.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -654,14 +667,16 @@ impl ClusterIo {
     /// client connection if refused (the caller sends it and closes).
     pub fn accept_upstream(
         &mut self,
-        mut stream: TcpStream,
-        hello_frame: &[u8; FRAME_LEN],
-        rest: &[u8],
+        handoff: Handoff,
         node: &mut Node,
         registry: &Registry,
         effects: &mut Effects,
     ) -> Result<(), (TcpStream, Vec<u8>)> {
-        let mut reply = Vec::with_capacity(FRAME_LEN);
+        let Handoff { mut stream, earlier_replies, hello: hello_frame, rest } = handoff;
+        let hello_frame = &*hello_frame;
+        let rest = &rest[..];
+        let mut reply = earlier_replies;
+        reply.reserve(FRAME_LEN);
         let refuse = |status: Status, why: &str, reply: &mut Vec<u8>| {
             let _ = Frame::reply_to(0, REPL_HELLO, status, why.as_bytes()).encode_to(reply);
         };
@@ -1256,6 +1271,11 @@ impl ClusterIo {
             }
         }
         self.drain(node, registry, effects);
+        // Peers the replica knows but that are not streaming right now (reconnecting, a backup
+        // restarting) will ask for the log from where they acknowledged.
+        if let Some(lowest) = node.replica.as_ref().and_then(|r| r.lowest_peer_position()) {
+            pin = Some(pin.map_or(lowest, |p| p.min(lowest)));
+        }
         let pin = pin.filter(|&p| p != u64::MAX);
         node.store.retain_log_from(pin.map(Lsn));
     }

@@ -26,7 +26,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use storage::{Durability, StorageError, Store};
 use wire::{Command, Frame, Status, FRAME_LEN};
 
-use crate::cluster::{ClusterError, ClusterIo, Effects, HEARTBEAT_TOKEN, PEER_TOKEN_BASE};
+use crate::cluster::{ClusterError, ClusterIo, Effects, Handoff, HEARTBEAT_TOKEN, PEER_TOKEN_BASE};
 use crate::config::{Config, ConfigError};
 use crate::conn::{Conn, READ_BUDGET, READ_CHUNK};
 use crate::handler::Disposition;
@@ -594,18 +594,16 @@ impl Server {
         if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
             log::debug!("deregistering {}: {e}", conn.peer);
         }
-        // Replies to frames before the handshake go first.
-        let committed = self.node.committed();
-        if conn.pending_out() > 0 {
-            let _ = conn.flush(committed);
-        }
-        let mut hello = [0u8; FRAME_LEN];
+        // Replies to frames before the handshake (its AUTH) go first, on the new stream.
+        let earlier = conn.out[conn.out_pos..].to_vec();
+        let mut hello = Box::new([0u8; FRAME_LEN]);
         hello.copy_from_slice(&self.scratch_in[at..at + FRAME_LEN]);
         let rest = self.scratch_in[at + FRAME_LEN..end].to_vec();
         let Some(cluster) = self.cluster.as_mut() else { return };
         log::debug!("{} opens a replication stream", conn.peer);
+        let handoff = Handoff { stream: conn.stream, earlier_replies: earlier, hello, rest };
         if let Err((mut stream, reply)) =
-            cluster.accept_upstream(conn.stream, &hello, &rest, &mut self.node, self.poll.registry(), effects)
+            cluster.accept_upstream(handoff, &mut self.node, self.poll.registry(), effects)
         {
             // Refused: say why, then close.
             let _ = crate::conn::write_some(&mut stream, &reply);

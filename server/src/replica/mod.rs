@@ -445,6 +445,14 @@ impl Replica {
         self.primary.is_some()
     }
 
+    /// Primary: the lowest position (acknowledged LSN + 1) of the peers it knows that hold
+    /// something, whose log compaction should keep; `None` if there are none. (A peer that
+    /// holds nothing gets a snapshot if the log no longer starts at 1; pinning the whole log
+    /// for it could hold compaction back indefinitely.)
+    pub fn lowest_peer_position(&self) -> Option<u64> {
+        self.primary.as_ref()?.peers.iter().filter(|x| x.acked > 0).map(|x| x.acked + 1).min()
+    }
+
     /// Primary: the commit point (0 otherwise).
     pub fn committed(&self) -> u64 {
         self.primary.as_ref().map_or(0, |p| p.committed)

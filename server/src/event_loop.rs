@@ -595,7 +595,10 @@ impl Server {
             log::debug!("deregistering {}: {e}", conn.peer);
         }
         // Replies to frames before the handshake (its AUTH) go first, on the new stream.
-        let earlier = conn.out[conn.out_pos..].to_vec();
+        // (Those of this read are still in the scratch buffer.)
+        let mut earlier = conn.out[conn.out_pos..].to_vec();
+        earlier.extend_from_slice(&self.scratch_out);
+        self.scratch_out.clear();
         let mut hello = Box::new([0u8; FRAME_LEN]);
         hello.copy_from_slice(&self.scratch_in[at..at + FRAME_LEN]);
         let rest = self.scratch_in[at + FRAME_LEN..end].to_vec();

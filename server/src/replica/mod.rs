@@ -360,6 +360,8 @@ pub struct Replica {
     last_grant: Option<Time>,
     primary: Option<PrimaryState>,
     outputs: VecDeque<Output>,
+    /// The latest time an input carried, for decisions made by inputs that carry none.
+    now: Time,
 }
 
 impl Replica {
@@ -381,6 +383,7 @@ impl Replica {
             last_grant: None,
             primary: None,
             outputs: VecDeque::new(),
+            now,
         }
     }
 
@@ -583,6 +586,7 @@ impl Replica {
 
     /// Time passes: heartbeats, beacons, reconnects.
     pub fn handle_tick(&mut self, now: Time) {
+        self.now = self.now.max(now);
         if now >= self.next_heartbeat {
             let hb = self.heartbeat(now);
             self.outputs.push_back(Output::Heartbeat(hb));
@@ -602,6 +606,22 @@ impl Replica {
                 {
                     log::debug!("replication connection to {} timed out", peer.id);
                     peer.link = Link::Down { retry_at: now + cfg.reconnect_after };
+                    self.outputs.push_back(Output::Disconnect { peer: peer.id.clone() });
+                }
+                // A stream that acknowledges nothing, not even beacons, for the grace period is
+                // dead even if TCP has not noticed (a partition): start over. A learner nobody
+                // was told about is let go at once; a member stays waited for until the
+                // coordinator drops it (it is reported unreachable).
+                Link::Streaming if now.since(peer.last_heard) > cfg.grace => {
+                    log::info!(
+                        "{} has acknowledged nothing for {:?}; reconnecting",
+                        peer.id,
+                        now.since(peer.last_heard)
+                    );
+                    peer.link = Link::Down { retry_at: now + cfg.reconnect_after };
+                    if matches!(peer.sync, SyncState::Pinned | SyncState::Synced { reported: false }) {
+                        peer.sync = SyncState::No;
+                    }
                     self.outputs.push_back(Output::Disconnect { peer: peer.id.clone() });
                 }
                 _ => {}
@@ -646,7 +666,8 @@ impl Replica {
                         });
                     }
                 }
-                if peer.member && now.since(peer.last_heard) > self.cfg.grace {
+                let reported = matches!(peer.sync, SyncState::Synced { reported: true });
+                if (peer.member || reported) && now.since(peer.last_heard) > self.cfg.grace {
                     unreachable.push(peer.id.clone());
                 }
             }
@@ -671,6 +692,7 @@ impl Replica {
     /// A view from the coordinator (or from a primary's handshake). Older views are ignored;
     /// the same view refreshes the learners to bring up to date.
     pub fn handle_view(&mut self, now: Time, view: View) {
+        self.now = self.now.max(now);
         if view.group != self.cfg.group || view.num < self.view.num {
             return;
         }
@@ -826,6 +848,7 @@ impl Replica {
 
     /// Primary: the connection to `peer` is up; the handshake goes out.
     pub fn handle_peer_connected(&mut self, now: Time, peer: &str, nonce: u64) {
+        self.now = self.now.max(now);
         let hello = Hello {
             group: self.cfg.group,
             view: View { candidates: Vec::new(), waiting: String::new(), ..self.view.clone() },
@@ -843,6 +866,7 @@ impl Replica {
 
     /// Primary: the connection to `peer` failed or closed.
     pub fn handle_peer_closed(&mut self, now: Time, peer: &str) {
+        self.now = self.now.max(now);
         let retry = now + self.cfg.reconnect_after;
         let Some(p) = &mut self.primary else { return };
         let Some(x) = p.peers.iter_mut().find(|x| x.id == peer) else { return };
@@ -857,6 +881,7 @@ impl Replica {
     /// Primary: `peer` answered the handshake. Decides whether it gets the log from where it
     /// is (its log is a prefix of ours and we still have what it lacks) or a snapshot.
     pub fn handle_hello_reply(&mut self, now: Time, peer: &str, status: Status, reply: &HelloReply) {
+        self.now = self.now.max(now);
         let retry = now + self.cfg.reconnect_after;
         let my_view = self.view.num;
         let (last_lsn, terms) = (self.last_lsn, &self.meta.terms);
@@ -923,6 +948,7 @@ impl Replica {
     /// Primary: `peer`, holding the data copy `data_id`, acknowledged everything up to `lsn`
     /// and, if `grant` is not zero, granted the beacon sent at `grant`.
     pub fn handle_ack(&mut self, now: Time, peer: &str, lsn: u64, grant: u64, data_id: u64) {
+        self.now = self.now.max(now);
         let Some(p) = &mut self.primary else { return };
         let Some(x) = p.peers.iter_mut().find(|x| x.id == peer) else { return };
         x.last_heard = now;
@@ -958,10 +984,17 @@ impl Replica {
     fn check_learners(&mut self) {
         let last = self.last_lsn;
         let slack = self.cfg.sync_slack;
+        let (now, lease) = (self.now, self.cfg.lease);
         let Some(p) = &mut self.primary else { return };
         let needed = p.committed.max(p.floor);
         let mut changed = false;
-        for x in p.peers.iter_mut().filter(|x| !x.member && x.link == Link::Streaming) {
+        // Only learners heard from recently: waiting for one whose stream went silent would
+        // stall every write.
+        for x in p
+            .peers
+            .iter_mut()
+            .filter(|x| !x.member && x.link == Link::Streaming && now.since(x.last_heard) < lease)
+        {
             match x.sync {
                 SyncState::Synced { .. } => {}
                 _ if x.acked >= needed => {

@@ -68,6 +68,15 @@ pub struct Conn {
     /// The poller reported the peer's half-close: a short read is then not the end, keep
     /// reading to EOF, since no further event will come.
     pub peer_closed: bool,
+    /// A read returned end of file (or failed): the peer sends nothing more.
+    pub eof: bool,
+    /// Closing gracefully since then: our side is shut for writing, and whatever the peer still
+    /// sends is read and discarded until it closes too (or the linger runs out). Closing with
+    /// unread input would reset the connection and destroy replies the peer has not read yet.
+    pub draining: Option<Instant>,
+    /// While draining: when input last arrived (a peer quiet for a moment can be closed on:
+    /// nothing unread remains to reset the connection).
+    pub drained_input_at: Option<Instant>,
 }
 
 impl Conn {
@@ -85,6 +94,9 @@ impl Conn {
             queued: false,
             read_closed: false,
             peer_closed: false,
+            eof: false,
+            draining: None,
+            drained_input_at: None,
         }
     }
 
@@ -127,6 +139,42 @@ impl Conn {
                 }
             }
             return fill;
+        }
+    }
+
+    /// Half-closes: our replies are all sent, so tell the peer no more will come.
+    pub fn start_draining(&mut self, now: Instant) {
+        if let Err(e) = self.stream.shutdown(std::net::Shutdown::Write) {
+            log::debug!("half-close of {} failed: {e}", self.peer);
+        }
+        self.draining = Some(now);
+        self.drained_input_at = Some(now);
+        self.partial.clear();
+    }
+
+    /// Reads and drops what the peer sends while draining, until it would block. Returns
+    /// whether the peer has closed (or the socket failed): then the connection can go.
+    pub fn discard_input(&mut self, scratch: &mut [u8]) -> bool {
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => return true,
+                Ok(_) => self.drained_input_at = Some(Instant::now()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Whether a draining connection may be closed now: its peer has been quiet for
+    /// `quiet`, or it has been draining for `linger` (a peer that never stops sending).
+    pub fn drain_done(&self, now: Instant, quiet: std::time::Duration, linger: std::time::Duration) -> bool {
+        match (self.draining, self.drained_input_at) {
+            (Some(since), Some(input)) => {
+                now.saturating_duration_since(input) >= quiet
+                    || now.saturating_duration_since(since) >= linger
+            }
+            _ => false,
         }
     }
 

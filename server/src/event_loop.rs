@@ -45,6 +45,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// How long shutdown waits for replies to drain to slow clients.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection's input is drained, at most, before it is closed anyway.
+const LINGER: Duration = Duration::from_secs(2);
+/// A closing connection whose peer sent nothing for this long is closed: nothing unread is
+/// left to reset it.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Why the server could not start or had to stop.
 #[derive(Debug)]
@@ -455,8 +460,8 @@ impl Server {
                     return;
                 }
             }
-            if conn.pending_out() == 0 && conn.read_closed {
-                self.close(key);
+            if conn.pending_out() == 0 && conn.read_closed && conn.draining.is_none() {
+                self.finish(key, now);
                 return;
             }
             // Reads paused by backpressure resume now: the socket may hold data that no new
@@ -495,6 +500,12 @@ impl Server {
     fn service(&mut self, key: usize, now: Instant, effects: &mut Effects) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.queued = false;
+        if conn.draining.is_some() {
+            if conn.discard_input(&mut self.scratch_in) {
+                self.close(key);
+            }
+            return;
+        }
         let mut budget = READ_BUDGET;
         let mut frames = 0u64;
         let mut failed = false;
@@ -554,6 +565,7 @@ impl Server {
             if fill.eof {
                 // A partial frame left at EOF is never executed.
                 conn.read_closed = true;
+                conn.eof = true;
             }
             budget = budget.saturating_sub(fill.read);
             if fill.drained {
@@ -667,7 +679,21 @@ impl Server {
             }
         }
         if conn.read_closed && conn.pending_out() == 0 {
+            self.finish(key, now);
+        }
+    }
+
+    /// Ends a connection whose replies are all sent: at once if the peer has closed its side,
+    /// otherwise by half-closing and draining its input (bounded by the linger).
+    fn finish(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.eof {
             self.close(key);
+        } else if conn.draining.is_none() {
+            conn.start_draining(now);
+            if conn.discard_input(&mut self.scratch_in) {
+                self.close(key);
+            }
         }
     }
 
@@ -685,7 +711,14 @@ impl Server {
     fn sweep(&mut self, now: Instant) {
         let timeout = self.config.idle_timeout;
         let mut expired = Vec::new();
+        let mut drained = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
+            if conn.draining.is_some() {
+                if conn.drain_done(now, DRAIN_QUIET, LINGER) {
+                    drained.push(key);
+                }
+                continue;
+            }
             let quiet = now.saturating_duration_since(conn.last_active);
             if timeout.is_some_and(|t| quiet >= t) && !conn.is_held() {
                 expired.push(key);
@@ -698,6 +731,9 @@ impl Server {
                 log::debug!("closing idle connection {}", conn.peer);
             }
             self.node.stats.connections_timed_out += 1;
+            self.close(key);
+        }
+        for key in drained {
             self.close(key);
         }
         // A listener that hit EMFILE gets no new edge for the connections still queued.
@@ -735,10 +771,14 @@ impl Server {
             log::error!("final sync failed: {e}");
             return Err(ServerError::Storage(e));
         }
-        // Deliver replies still queued for slow readers (and, in a cluster, those waiting for
-        // backups' acknowledgements), for a bounded time.
+        // Nothing more is executed: each connection ends once its replies are delivered (to
+        // slow readers too, and in a cluster once backups acknowledged them), half-closed so the
+        // client reads them all before it sees the end, within a bounded time.
+        for (_, conn) in self.conns.iter_mut() {
+            conn.read_closed = true;
+        }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.conns.iter().any(|(_, c)| c.pending_out() > 0) && Instant::now() < deadline {
+        while !self.conns.is_empty() && Instant::now() < deadline {
             self.poll_once(events, Some(Duration::from_millis(20)))?;
             let mut effects = Effects::default();
             for event in events.iter() {
@@ -760,12 +800,27 @@ impl Server {
             self.after_effects(effects);
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for key in keys {
-                self.flush_or_close(key, Instant::now());
+                let draining = self.conns.get(key).is_some_and(|c| c.draining.is_some());
+                if draining {
+                    let now = Instant::now();
+                    let done = self.conns.get_mut(key).is_some_and(|c| {
+                        c.discard_input(&mut self.scratch_in) || c.drain_done(now, DRAIN_QUIET, LINGER)
+                    });
+                    if done {
+                        self.close(key);
+                    }
+                } else {
+                    self.flush_or_close(key, Instant::now());
+                }
             }
         }
         let undelivered = self.conns.iter().filter(|(_, c)| c.pending_out() > 0).count();
         if undelivered > 0 {
             log::warn!("{undelivered} connections did not take their last replies within {DRAIN_TIMEOUT:?}");
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
         }
         log::info!("shut down cleanly");
         Ok(())

@@ -78,13 +78,26 @@ impl Node {
     ) -> FrameOutcome {
         let frame = match Frame::decode(bytes) {
             Ok(frame) => frame,
-            Err(e) => return FrameOutcome::now(self.refuse(&e, Command(0), out)),
+            Err(e) => {
+                // The checksum covered the header when the id is trusted: so is the command.
+                let command = match e.trusted_id() {
+                    Some(_) => Command(u32::from_le_bytes(
+                        bytes[wire::header::COMMAND_OFFSET..wire::header::FLAGS_OFFSET]
+                            .try_into()
+                            .unwrap_or_default(),
+                    )),
+                    None => Command(0),
+                };
+                return FrameOutcome::now(self.refuse(&e, command, out));
+            }
         };
         let request = match Request::parse(&frame) {
             Ok(request) => request,
             Err(e) => return FrameOutcome::now(self.refuse(&e, frame.command, out)),
         };
-        if !session.authenticated {
+        if !session.authenticated || matches!(request, Request::Auth { .. }) {
+            // AUTH is checked on every connection, authenticated or not: a wrong token closes
+            // the connection either way.
             return FrameOutcome::now(self.authenticate(&frame, request, session, out));
         }
         self.stats.count_op(request.command());
@@ -130,8 +143,8 @@ impl Node {
             push(out, Frame::reply(frame, Status::UNAUTHORIZED, b"AUTH first"));
             return Disposition::Continue;
         };
-        let expected = self.auth_token.as_deref().unwrap_or_default();
-        if constant_time_eq(token, expected) {
+        // A server without a token accepts any: there is nothing to check.
+        if self.auth_token.as_deref().is_none_or(|expected| constant_time_eq(token, expected)) {
             session.authenticated = true;
             push(out, Frame::reply(frame, Status::OK, b""));
             Disposition::Continue

@@ -44,3 +44,26 @@ fn a_token_is_required_before_anything_else() {
     c.auth(b"s3cret-token").unwrap();
     assert_eq!(c.get(b"k").unwrap().unwrap().data, b"v");
 }
+
+/// Regression (issue #10): AUTH with a wrong token on a connection that had already
+/// authenticated answered OK and the connection stayed open.
+#[test]
+fn a_wrong_token_closes_an_authenticated_connection_too() {
+    let dir = temp_dir();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let server =
+        ServerProcess::start(&dir.path().join("data"), &["--auth-token", token_file.to_str().unwrap()]);
+    let mut raw = server.raw();
+    raw.send_frame(Frame::request(1, Command::AUTH, b"", b"s3cret-token"));
+    assert_eq!(Frame::decode(&raw.recv().unwrap()).unwrap().status(), Status::OK);
+    raw.send_frame(Frame::request(2, Command::AUTH, b"", b"guess"));
+    let reply = raw.recv().unwrap();
+    assert_eq!(Frame::decode(&reply).unwrap().status(), Status::UNAUTHORIZED);
+    assert!(raw.is_closed_by_server(), "a wrong token closes the connection");
+    // A server without a token accepts any AUTH.
+    let open = ServerProcess::start(&dir.path().join("data2"), &[]);
+    let mut raw = open.raw();
+    raw.send_frame(Frame::request(1, Command::AUTH, b"", b"anything"));
+    assert_eq!(Frame::decode(&raw.recv().unwrap()).unwrap().status(), Status::OK);
+}

@@ -162,3 +162,168 @@ fn idle_and_slow_loris_connections_are_closed_after_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(8));
     ping_ok(&server);
 }
+
+/// Reads every frame the server sends until it closes, slowly (one frame per `pause`), and
+/// says whether the end was a clean EOF (true) or a reset (false).
+fn read_all_slowly(stream: &mut std::net::TcpStream, pause: Duration) -> (Vec<Frame<'static>>, bool) {
+    use std::io::Read;
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; FRAME_LEN];
+    loop {
+        std::thread::sleep(pause);
+        let mut got = 0;
+        while got < FRAME_LEN {
+            match stream.read(&mut buf[got..]) {
+                Ok(0) => return (frames, got == 0),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (frames, false),
+                Err(e) => panic!("reading replies: {e}"),
+            }
+        }
+        let bytes: &'static [u8] = Box::leak(buf.clone().into_boxed_slice());
+        frames.push(Frame::decode_slice(bytes).expect("a reply frame"));
+    }
+}
+
+fn small_rcvbuf_conn(server: &ServerProcess) -> std::net::TcpStream {
+    let addr = server.addr;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// Regression (issue #10): a fatal frame behind a pipeline closed the connection with the
+/// client's later frames still unread; the kernel then reset it, destroying the replies the
+/// client had not read yet (27-31 of 100 arrived, never the BAD_FRAME). The server now
+/// half-closes after its last reply and drains the input.
+#[test]
+fn replies_before_a_fatal_frame_all_arrive_before_the_close() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let mut stream = small_rcvbuf_conn(&server);
+    let mut bytes = Vec::new();
+    for i in 0..100u64 {
+        Frame::request(i + 1, Command::PUT, format!("k{i}").as_bytes(), &[7u8; 2000])
+            .encode_to(&mut bytes)
+            .unwrap();
+    }
+    bytes.extend_from_slice(&[0xAB; FRAME_LEN]); // bad magic: answered, then the connection ends
+    for i in 100..200u64 {
+        Frame::request(i + 1, Command::PUT, format!("k{i}").as_bytes(), &[7u8; 2000])
+            .encode_to(&mut bytes)
+            .unwrap();
+    }
+    let writer = {
+        let mut s = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = s.write_all(&bytes);
+        })
+    };
+    let (frames, clean) = read_all_slowly(&mut stream, Duration::from_millis(2));
+    let _ = writer.join();
+    assert_eq!(frames.len(), 101, "every PUT's reply and the BAD_FRAME arrive");
+    assert!(frames[..100].iter().enumerate().all(|(i, f)| f.id == i as u64 + 1 && f.status() == Status::OK));
+    assert_eq!((frames[100].id, frames[100].status()), (0, Status::BAD_FRAME));
+    assert!(clean, "the connection ended with EOF, not a reset");
+    ping_ok(&server);
+}
+
+/// Regression (issue #10): SIGTERM during a pipeline answered some writes, applied more, and
+/// reset the connection (23-31 replies for 47-111 applied writes). Now every write applied is
+/// answered, and the client sees EOF after the last reply.
+#[test]
+fn a_sigterm_during_a_pipeline_answers_every_write_it_applied() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    // Small socket buffers on both sides, so the replies back up and the server pauses reading.
+    let mut server = ServerProcess::start(&data, &["--so-sndbuf", "65536"]);
+    let mut stream = small_rcvbuf_conn(&server);
+    let mut bytes = Vec::new();
+    for i in 0..300u64 {
+        Frame::request(i + 1, Command::PUT, format!("k{i}").as_bytes(), &[7u8; 2000])
+            .encode_to(&mut bytes)
+            .unwrap();
+    }
+    let writer = {
+        let mut s = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = s.write_all(&bytes);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    server.signal(libc::SIGTERM);
+    // A slow reader: the server's replies back up, it stops reading, and the rest of the
+    // pipeline stays unread in its socket when it closes.
+    let (frames, clean) = read_all_slowly(&mut stream, Duration::from_millis(5));
+    let _ = writer.join();
+    assert!(server.terminate().success());
+    assert!(clean, "the connection ended with EOF, not a reset");
+    assert!(frames.iter().all(|f| f.status() == Status::OK));
+    let server = ServerProcess::start(&data, &[]);
+    let mut c = server.client();
+    let applied = (0..300).filter(|i| c.get(format!("k{i}").as_bytes()).unwrap().is_some()).count();
+    assert_eq!(frames.len(), applied, "every applied write was answered, and only those");
+    // They are a prefix of the pipeline: requests are executed in order.
+    assert!(frames.iter().enumerate().all(|(i, f)| f.id == i as u64 + 1));
+}
+
+/// Regression (issue #10): replies to frames refused with a trusted id (too long a key, bad
+/// lengths, reserved flags) carried command 0; the checksum vouches for the header, so they
+/// now carry the request's command, as PROTOCOL.md says.
+#[test]
+fn refusals_with_a_trusted_id_carry_the_command() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let mut raw = server.raw();
+    // The checksum covers bytes 8 .. 48 + key_len + value_len, clamped to the frame.
+    let fix_crc = |b: &mut [u8; FRAME_LEN]| {
+        let len = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        let end =
+            (48 + len(wire::header::KEY_LEN_OFFSET) + len(wire::header::VALUE_LEN_OFFSET)).min(FRAME_LEN);
+        let crc = crc32_of(&b[wire::header::CRC_START..end]);
+        b[wire::header::CRC_OFFSET..wire::header::ID_OFFSET].copy_from_slice(&crc.to_le_bytes());
+    };
+    let mut long_key = [0u8; FRAME_LEN];
+    Frame::request(21, Command::GET, b"k", b"").encode(&mut long_key).unwrap();
+    long_key[wire::header::KEY_LEN_OFFSET..][..4].copy_from_slice(&2000u32.to_le_bytes());
+    fix_crc(&mut long_key);
+    let mut flags = [0u8; FRAME_LEN];
+    Frame::request(22, Command::PUT, b"k", b"v").encode(&mut flags).unwrap();
+    flags[wire::header::FLAGS_OFFSET] = 0x80;
+    fix_crc(&mut flags);
+    raw.send(&long_key);
+    raw.send(&flags);
+    for (id, command, status) in
+        [(21, Command::GET, Status::TOO_LARGE), (22, Command::PUT, Status::BAD_FRAME)]
+    {
+        let reply = raw.recv().unwrap();
+        let reply = Frame::decode(&reply).unwrap();
+        assert_eq!((reply.id, reply.command, reply.status()), (id, command, status));
+    }
+}
+
+/// CRC-32 (IEEE), as the frame uses (recomputed here so the tests need no extra crate).
+fn crc32_of(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn continued_with_an_unknown_command_is_unsupported_flags_come_first() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let mut raw = server.raw();
+    raw.send_frame(Frame { flags: wire::Flags::CONTINUED, ..Frame::request(31, Command(0x3f), b"", b"") });
+    let reply = raw.recv().unwrap();
+    let reply = Frame::decode(&reply).unwrap();
+    assert_eq!((reply.id, reply.status()), (31, Status::UNSUPPORTED));
+}

@@ -68,11 +68,13 @@ impl<'a> Request<'a> {
         let id = frame.id;
         let command = frame.command;
         let bad = |reason| DecodeError::BadRequest { id, command, reason };
-        if !command.is_known() {
-            return Err(DecodeError::UnknownCommand { id, command: command.0 });
-        }
+        // Flags before the command, as PROTOCOL.md orders the checks: a CONTINUED frame is
+        // UNSUPPORTED whatever its opcode.
         if frame.flags.contains(Flags::CONTINUED) {
             return Err(DecodeError::Continued { id });
+        }
+        if !command.is_known() {
+            return Err(DecodeError::UnknownCommand { id, command: command.0 });
         }
         if frame.flags != Flags::NONE {
             return Err(bad("a request carries no REPLY or ERROR flag"));

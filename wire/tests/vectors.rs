@@ -110,6 +110,11 @@ fn cases() -> Vec<Case> {
             encode(Frame::reply_to(13, Command::GET, Status::BAD_REQUEST, b"the key is empty")),
         ),
         c(
+            "continued-unknown-command",
+            "CONTINUED flag on an undefined command: flags are checked before the command, so UNSUPPORTED",
+            encode(Frame { flags: Flags::CONTINUED, ..Frame::request(16, Command(0x3f), b"", b"") }),
+        ),
+        c(
             "reply-untrusted",
             "reply to a frame whose checksum failed: id 0, command 0",
             encode(Frame::reply_to(0, Command(0), Status::BAD_CHECKSUM, b"")),

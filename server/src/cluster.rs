@@ -782,7 +782,8 @@ impl ClusterIo {
             }
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read_peer(key, node, registry, effects);
+            let to_eof = event.is_read_closed() || event.is_error();
+            self.read_peer(key, to_eof, node, registry, effects);
         }
         if let Some(c) = self.peers.get_mut(key) {
             if c.connected && c.pending() > 0 {
@@ -798,7 +799,7 @@ impl ClusterIo {
     /// Peers whose input was cut short by the read budget.
     pub fn service_ready(&mut self, node: &mut Node, registry: &Registry, effects: &mut Effects) {
         for key in std::mem::take(&mut self.ready) {
-            self.read_peer(key, node, registry, effects);
+            self.read_peer(key, false, node, registry, effects);
         }
         self.reap(node, registry);
     }
@@ -821,7 +822,17 @@ impl ClusterIo {
             })
     }
 
-    fn read_peer(&mut self, key: usize, node: &mut Node, registry: &Registry, effects: &mut Effects) {
+    /// Reads a peer's input and handles it. A read shorter than asked means the socket is
+    /// drained (mio's readiness is edge-triggered: new data brings a new event), which saves
+    /// a syscall per wake-up; `to_eof` (the peer closed its side) reads on to the end instead.
+    fn read_peer(
+        &mut self,
+        key: usize,
+        to_eof: bool,
+        node: &mut Node,
+        registry: &Registry,
+        effects: &mut Effects,
+    ) {
         let mut budget = PEER_READ_BUDGET;
         loop {
             let Some(c) = self.peers.get_mut(key) else { return };
@@ -830,14 +841,18 @@ impl ClusterIo {
             }
             // During the handshake the replies are fixed frames; afterwards everything is
             // compact and is read straight into the frame reader.
+            let mut asked = 64 << 10;
             let result = if c.fixed_replies > 0 {
                 let mut buf = [0u8; 8192];
+                asked = buf.len();
                 c.stream.read(&mut buf).inspect(|&n| c.fixed_in.extend_from_slice(&buf[..n]))
             } else if let Some(m) = c.mac.as_mut() {
-                let mut buf = vec![0u8; 64 << 10];
+                let mut buf = vec![0u8; asked];
                 c.stream.read(&mut buf).inspect(|&n| m.raw.extend_from_slice(&buf[..n]))
             } else {
-                let result = c.stream.read(c.reader.spare(64 << 10));
+                let room = c.reader.spare(asked);
+                asked = room.len();
+                let result = c.stream.read(room);
                 if let Ok(n) = result {
                     c.reader.commit(n);
                 }
@@ -852,6 +867,9 @@ impl ClusterIo {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     self.process_peer(key, node, registry, effects);
+                    if n < asked && !to_eof {
+                        return;
+                    }
                     if budget == 0 {
                         self.ready.push(key);
                         return;
@@ -986,6 +1004,11 @@ impl ClusterIo {
 
     fn apply_upstream(&mut self, key: usize, node: &mut Node, registry: &Registry, effects: &mut Effects) {
         let now = node.clock.now();
+        if let Some(c) = self.peers.get(key) {
+            // The records this batch overwrites, loaded together rather than one miss at a
+            // time (the index compares keys through the mapping).
+            crate::handler::prefetch_replicated(&node.store, c.reader.pending());
+        }
         loop {
             let Some(c) = self.peers.get_mut(key) else { return };
             if c.dead {

@@ -45,18 +45,21 @@ impl FrameOutcome {
 }
 
 impl Node {
-    /// Starts loading the records that the GETs among `frames` (whole frames, back to back)
-    /// will read, so that their cache misses overlap; see [`storage::Store::prefetch`]. Frames
-    /// are not validated here: a damaged one costs at most a wasted load, and is refused when
-    /// it is executed.
+    /// Starts loading the records that the keyed requests among `frames` (whole frames, back
+    /// to back) will touch, so that their cache misses overlap; see
+    /// [`storage::Store::prefetch`]. GETs read the whole record; writes only look up the key
+    /// they overwrite (its record's first lines). Frames are not validated here: a damaged one
+    /// costs at most a wasted load, and is refused when it is executed.
     pub fn prefetch_gets(&self, frames: &[u8], session: &Session) {
         if !session.authenticated || frames.len() < 2 * FRAME_LEN {
             return;
         }
         for stage in [storage::Prefetch::Header, storage::Prefetch::Value] {
             for frame in frames.chunks_exact(FRAME_LEN) {
-                if let Some(key) = get_key(frame) {
-                    self.store.prefetch(key, stage);
+                if let Some((key, get)) = data_key(frame) {
+                    if get || stage == storage::Prefetch::Header {
+                        self.store.prefetch(key, stage);
+                    }
                 }
             }
         }
@@ -339,18 +342,51 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The key of a GET frame, read without validating the frame.
+/// The key of a GET, PUT, DELETE or APPEND frame, and whether it is a GET, read without
+/// validating the frame.
 #[inline]
-fn get_key(frame: &[u8]) -> Option<&[u8]> {
+fn data_key(frame: &[u8]) -> Option<(&[u8], bool)> {
     let u32_at = |at: usize| frame.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-    if u32_at(wire::header::COMMAND_OFFSET)? != Command::GET.0 {
+    let command = Command(u32_at(wire::header::COMMAND_OFFSET)?);
+    if !matches!(command, Command::GET | Command::PUT | Command::DELETE | Command::APPEND) {
         return None;
     }
     let key_len = u32_at(wire::header::KEY_LEN_OFFSET)? as usize;
     if key_len == 0 || key_len > wire::header::MAX_KEY_LEN {
         return None;
     }
-    frame.get(wire::header::PAYLOAD_OFFSET..wire::header::PAYLOAD_OFFSET + key_len)
+    let key = frame.get(wire::header::PAYLOAD_OFFSET..wire::header::PAYLOAD_OFFSET + key_len)?;
+    Some((key, command == Command::GET))
+}
+
+/// Starts loading the records that the replicated writes among `frames` (compact frames, back
+/// to back, as a backup receives them) will overwrite. Stops at the first frame that does not
+/// fit; nothing is validated.
+pub fn prefetch_replicated(store: &storage::Store, mut frames: &[u8]) {
+    let u32_at =
+        |b: &[u8], at: usize| b.get(at..at + 4).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes);
+    let mut n = 0;
+    while n < 64 {
+        let (Some(command), Some(key_len), Some(value_len)) = (
+            u32_at(frames, wire::header::COMMAND_OFFSET),
+            u32_at(frames, wire::header::KEY_LEN_OFFSET),
+            u32_at(frames, wire::header::VALUE_LEN_OFFSET),
+        ) else {
+            return;
+        };
+        let (key_len, len) = (key_len as usize, wire::HEADER_LEN + key_len as usize + value_len as usize);
+        if key_len > wire::header::MAX_KEY_LEN || len > FRAME_LEN || len > frames.len() {
+            return;
+        }
+        if matches!(Command(command), wire::cluster::REPL_PUT | wire::cluster::REPL_DELETE) && key_len > 0 {
+            store.prefetch(
+                &frames[wire::header::PAYLOAD_OFFSET..wire::header::PAYLOAD_OFFSET + key_len],
+                storage::Prefetch::Header,
+            );
+        }
+        frames = &frames[len..];
+        n += 1;
+    }
 }
 
 #[cfg(test)]
@@ -366,16 +402,21 @@ mod tests {
     }
 
     #[test]
-    fn get_key_reads_only_well_formed_gets() {
+    fn data_key_reads_only_well_formed_keyed_requests() {
         let mut buf = [0u8; FRAME_LEN];
         let get = Request::Get { key: b"user:1" };
         get.to_frame(9).encode(&mut buf).unwrap();
-        assert_eq!(get_key(&buf), Some(&b"user:1"[..]));
+        assert_eq!(data_key(&buf), Some((&b"user:1"[..], true)));
+        Request::Put { key: b"k", value: b"v", client_id: 0, expected_version: 0 }
+            .to_frame(2)
+            .encode(&mut buf)
+            .unwrap();
+        assert_eq!(data_key(&buf), Some((&b"k"[..], false)));
         Request::Ping { payload: b"" }.to_frame(1).encode(&mut buf).unwrap();
-        assert_eq!(get_key(&buf), None);
+        assert_eq!(data_key(&buf), None);
         get.to_frame(9).encode(&mut buf).unwrap();
         buf[wire::header::KEY_LEN_OFFSET..][..4].copy_from_slice(&5000u32.to_le_bytes());
-        assert_eq!(get_key(&buf), None, "a key longer than the limit is not read");
-        assert_eq!(get_key(&buf[..20]), None);
+        assert_eq!(data_key(&buf), None, "a key longer than the limit is not read");
+        assert_eq!(data_key(&buf[..20]), None);
     }
 }

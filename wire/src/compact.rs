@@ -99,6 +99,17 @@ impl CompactReader {
         self.end - self.start
     }
 
+    /// The bytes received and not yet handed out as frames (nothing after a fatal error): for
+    /// a caller that looks ahead, e.g. to prefetch what the next frames will touch. Not
+    /// validated: the frames in it are checked only when [`CompactReader::next_frame`] returns
+    /// them.
+    pub fn pending(&self) -> &[u8] {
+        if self.failed.is_some() {
+            return &[];
+        }
+        &self.buf[self.start..self.end]
+    }
+
     /// Bytes of memory held.
     pub fn capacity(&self) -> usize {
         self.buf.len()
@@ -218,6 +229,21 @@ mod tests {
             ids.push(frame.id);
         }
         Ok(ids)
+    }
+
+    #[test]
+    fn pending_shows_what_is_left_to_hand_out() {
+        let a = Frame::request(1, Command::PUT, b"k", b"v");
+        let b = Frame::request(2, Command::GET, b"k", b"");
+        let bytes = compact(&[a, b]);
+        let mut reader = CompactReader::new();
+        reader.push(&bytes[..bytes.len() - 2]);
+        assert_eq!(reader.pending(), &bytes[..bytes.len() - 2]);
+        assert_eq!(reader.next_frame().unwrap().map(|f| f.id), Some(1));
+        assert_eq!(reader.pending(), &bytes[a.encoded_len(Framing::Compact)..bytes.len() - 2]);
+        reader.push(b"XX");
+        assert!(reader.next_frame().is_err());
+        assert!(reader.pending().is_empty(), "nothing after a fatal error");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Config {
     pub insecure: bool,
     /// Spin this long on an empty poll before blocking, trading CPU for wake-up latency.
     pub busy_poll: Duration,
+    /// In a cluster, spin this long on an empty poll while replies wait for backups'
+    /// acknowledgements, instead of sleeping (they are due within tens of microseconds).
+    pub ack_spin: Duration,
     /// Size of each storage segment file.
     pub segment_len: u64,
     /// Listen backlog.
@@ -48,6 +51,7 @@ impl Default for Config {
             auth_token: None,
             insecure: false,
             busy_poll: Duration::ZERO,
+            ack_spin: Duration::from_micros(50),
             segment_len: storage::Options::default().segment_len,
             backlog: 1024,
             send_buffer: None,

@@ -52,6 +52,11 @@ struct Args {
     #[arg(long, default_value_t = 0, value_name = "US")]
     busy_poll_us: u64,
 
+    /// Cluster mode: spin up to this many microseconds for backups' acknowledgements while
+    /// replies wait for them, instead of sleeping (0 = never spin).
+    #[arg(long, default_value_t = 50, value_name = "US")]
+    ack_spin_us: u64,
+
     /// Size of each storage segment file, in MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     segment_mib: u64,
@@ -175,6 +180,7 @@ fn run(args: Args) -> Result<(), String> {
         auth_token,
         insecure: args.insecure,
         busy_poll: Duration::from_micros(args.busy_poll_us),
+        ack_spin: Duration::from_micros(args.ack_spin_us),
         segment_len: args.segment_mib.max(1) * 1024 * 1024,
         send_buffer: args.so_sndbuf,
         recv_buffer: args.so_rcvbuf,

@@ -38,6 +38,8 @@ pub struct Config {
     pub recv_buffer: Option<usize>,
     /// Cluster mode (`--coordinator`); `None` runs standalone.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Serve Prometheus metrics on this address (`--metrics`); `None` = off.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             send_buffer: None,
             recv_buffer: None,
             cluster: None,
+            metrics: None,
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum ConfigError {
     ClusterWithoutSecret,
     /// Cluster mode listening on an unspecified address without `--advertise`.
     NoAdvertise(SocketAddr),
+    /// Metrics on a non-loopback address without `--insecure`.
+    ExposedMetrics(SocketAddr),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -87,6 +92,10 @@ impl std::fmt::Display for ConfigError {
             ConfigError::EmptyToken => f.write_str("the auth token is empty"),
             ConfigError::ClusterWithoutSecret => f.write_str(
                 "refusing cluster mode over non-loopback addresses without --cluster-secret FILE (or pass --insecure)",
+            ),
+            ConfigError::ExposedMetrics(addr) => write!(
+                f,
+                "refusing to serve metrics on non-loopback address {addr} without --insecure (they are not authenticated)"
             ),
             ConfigError::NoAdvertise(addr) => write!(
                 f,
@@ -113,6 +122,11 @@ impl Config {
         }
         if !self.listen.ip().is_loopback() && self.auth_token.is_none() && !self.insecure {
             return Err(ConfigError::ExposedWithoutAuth(self.listen));
+        }
+        if let Some(m) = self.metrics {
+            if !m.ip().is_loopback() && !self.insecure {
+                return Err(ConfigError::ExposedMetrics(m));
+            }
         }
         if let Some(c) = &self.cluster {
             let advertise = c.advertise.unwrap_or(self.listen);

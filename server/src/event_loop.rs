@@ -147,6 +147,8 @@ pub struct Server {
     node: Node,
     /// The replication side, in cluster mode.
     cluster: Option<ClusterIo>,
+    /// What `--metrics` serves, refreshed every `metrics::REFRESH`.
+    metrics: Option<crate::metrics::Snapshot>,
     config: Config,
 }
 
@@ -177,6 +179,16 @@ impl Server {
         let mut listener = bind_listener(config.listen, config.backlog)
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(io_err("reading the bound address"))?;
+        let metrics = match config.metrics {
+            Some(addr) => {
+                let snapshot = crate::metrics::Snapshot::default();
+                let bound = crate::metrics::spawn(addr, snapshot.clone())
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                log::info!("metrics on http://{bound}/metrics");
+                Some(snapshot)
+            }
+            None => None,
+        };
         let mut node = Node::new(store, config.durability, config.auth_token.clone());
         let cluster = match &config.cluster {
             Some(settings) => Some(
@@ -212,6 +224,7 @@ impl Server {
             scratch_gates: Vec::new(),
             node,
             cluster,
+            metrics,
             config,
         })
     }
@@ -251,6 +264,13 @@ impl Server {
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+        let mut next_metrics = Instant::now() + crate::metrics::REFRESH;
+        let mut metrics_text = String::new();
+        if let Some(m) = &self.metrics {
+            // A scrape right after start sees figures, not an empty page.
+            self.node.render_stats(&mut metrics_text);
+            m.set(&metrics_text);
+        }
         if self.cluster.is_some() {
             // The first heartbeat goes out at once.
             self.tick_replica();
@@ -299,6 +319,13 @@ impl Server {
             if started >= next_sweep {
                 self.sweep(started);
                 next_sweep = started + SWEEP_INTERVAL;
+            }
+            if started >= next_metrics {
+                if let Some(m) = &self.metrics {
+                    self.node.render_stats(&mut metrics_text);
+                    m.set(&metrics_text);
+                }
+                next_metrics = started + crate::metrics::REFRESH;
             }
             self.node.stats.loop_busy_us.record(started.elapsed().as_micros() as u64);
             if let Some(why) = self.node.fatal.take() {

@@ -226,16 +226,7 @@ impl Node {
             }
             Request::Stats => {
                 let mut text = std::mem::take(&mut self.text);
-                let now = self.clock.now();
-                let status = self.replica.as_ref().map(|r| r.status(now));
-                let id = self.replica.as_ref().map(|r| r.config().id.clone());
-                self.stats.render(
-                    &mut text,
-                    self.started.elapsed(),
-                    &self.store.stats(),
-                    self.store.client_count(),
-                    id.as_deref().zip(status.as_ref()),
-                );
+                self.render_stats(&mut text);
                 push(out, Frame::reply(frame, Status::OK, text.as_bytes()));
                 self.text = text;
                 return 0;

@@ -22,6 +22,7 @@ pub mod coordinator;
 pub mod event_loop;
 pub mod handler;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod replica;
 pub mod secret;

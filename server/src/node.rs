@@ -92,6 +92,20 @@ impl Node {
         Ok(())
     }
 
+    /// Renders what STATS reports (`name:value` lines) into `out`.
+    pub fn render_stats(&self, out: &mut String) {
+        let now = self.clock.now();
+        let status = self.replica.as_ref().map(|r| r.status(now));
+        let id = self.replica.as_ref().map(|r| r.config().id.as_str());
+        self.stats.render(
+            out,
+            self.started.elapsed(),
+            &self.store.stats(),
+            self.store.client_count(),
+            id.zip(status.as_ref()),
+        );
+    }
+
     /// Writes applied but not yet synced.
     pub fn unsynced_writes(&self) -> u64 {
         self.unsynced_writes

@@ -52,6 +52,11 @@ struct Args {
     #[arg(long, default_value_t = 0, value_name = "US")]
     busy_poll_us: u64,
 
+    /// Serve every STATS counter in the Prometheus text format at http://ADDR/metrics (off by
+    /// default; a non-loopback address needs --insecure). Figures are at most about a second old.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// Cluster mode: spin up to this many microseconds for backups' acknowledgements while
     /// replies wait for them, instead of sleeping (0 = never spin).
     #[arg(long, default_value_t = 50, value_name = "US")]
@@ -181,6 +186,7 @@ fn run(args: Args) -> Result<(), String> {
         insecure: args.insecure,
         busy_poll: Duration::from_micros(args.busy_poll_us),
         ack_spin: Duration::from_micros(args.ack_spin_us),
+        metrics: args.metrics,
         segment_len: args.segment_mib.max(1) * 1024 * 1024,
         send_buffer: args.so_sndbuf,
         recv_buffer: args.so_rcvbuf,

@@ -772,3 +772,32 @@ fn a_backup_cut_from_the_primary_is_dropped_then_comes_back() {
     cluster.wait_for(|v| v.primary_id() == Some(b_id.as_str()), FAILOVER);
     check_acknowledged(&mut c, &acked, "on the backup that was cut off");
 }
+
+/// A coordinator that lost its data directory starts a new cluster over servers that hold
+/// data and remember later views and terms: its first view must number past them (servers
+/// ignore older views, and a primary must take a term newer than its log's), and nothing
+/// acknowledged may be lost. (It picks the most complete log, which here is every member's.)
+#[test]
+fn a_coordinator_started_on_an_empty_directory_takes_the_cluster_over_past_its_old_views() {
+    let mut cluster = Cluster::start(3);
+    let mut c = cluster.client();
+    let mut acked = write_keys(&mut c, "k", 40);
+    let first = cluster.view();
+    let (p, _) = cluster.primary();
+    cluster.kill(p);
+    wait_new_primary(&cluster, p, first.num);
+    cluster.restart(p);
+    let before = cluster.wait_for_shape(2, FAILOVER);
+    acked.extend(write_keys(&mut c, "m", 20));
+
+    cluster.kill_coordinator();
+    let dir = cluster.coordinator.data_dir.clone();
+    std::fs::remove_dir_all(&dir).unwrap();
+    cluster.restart_coordinator();
+    let after = cluster.wait_for(|v| v.primary.is_some(), Duration::from_secs(10));
+    assert!(after.num > before.num, "views went back: {} after {}", describe(&after), describe(&before));
+    let mut c = cluster.client();
+    c.put(b"after", b"x")
+        .unwrap_or_else(|e| panic!("no write after the new coordinator: {e}\n{}", cluster.diagnostics()));
+    check_acknowledged(&mut c, &acked, "after a coordinator restarted on an empty directory");
+}

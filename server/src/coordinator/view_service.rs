@@ -327,10 +327,14 @@ impl ViewService {
         } else {
             Vec::new()
         };
+        // Start above every view and term the servers report: after a coordinator lost its
+        // directory (or a cluster restored from a server's backup), servers ignore views older
+        // than the one they know, and a primary must take a term newer than its log's.
+        let num = alive.iter().map(|s| s.hb.view.max(s.hb.last_term)).max().unwrap_or(0) + 1;
         let next = View {
             group: self.cfg.group,
-            num: 1,
-            term: 1,
+            num,
+            term: num,
             primary: self.member_now(&primary_id),
             backups,
             candidates: Vec::new(),
@@ -538,7 +542,7 @@ mod tests {
             role: Role::Idle,
             data_id: 100 + id.as_bytes()[1] as u64,
             last_lsn: lsn,
-            last_term: if lsn > 0 { 1 } else { 0 },
+            last_term: 0,
             ..Heartbeat::default()
         }
     }
@@ -619,6 +623,20 @@ mod tests {
         assert_eq!(v.primary_id(), Some("s2"));
         assert!(v.backups.is_empty(), "servers holding data join as learners, not blindly");
         assert_eq!(ids(&v.candidates), ["s3", "s1"], "most complete first");
+    }
+
+    #[test]
+    fn a_new_cluster_over_old_data_numbers_its_views_past_the_old_ones() {
+        // The coordinator lost its directory; the servers remember view 12 and term 9.
+        let mut h = Harness::new(1);
+        let mut old = hb("s1", 12, 40);
+        old.last_term = 9;
+        h.ping(old);
+        h.advance(600);
+        let mut again = hb("s1", 12, 40);
+        again.last_term = 9;
+        let v = h.ping(again);
+        assert_eq!((v.num, v.term, v.primary_id()), (13, 13, Some("s1")));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 # release mode. Every server is private: loopback, a free port, a fresh temp dir, one per run.
 #
 # Run as root, it re-runs itself in its own session and raises that session's CPU share
-# (echo -15 > /proc/self/autogroup), as /work/shared/BENCHMARKING.md explains; each run
-# records how much CPU other processes took meanwhile ("other %"), so noisy runs show.
+# (echo -15 > /proc/self/autogroup), as "How to measure on a small shared machine" in
+# benches/README.md explains; each run records how much CPU other processes took meanwhile
+# ("other %"), so noisy runs show.
 #
 # Single-connection latency depends on whether idle vCPUs must wake up (~150 us a hop here),
 # so shape 1:1 is measured cold and again "warm": with two busy loops at the lowest

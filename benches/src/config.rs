@@ -23,7 +23,7 @@ pub const VERIFY_HEADER_LEN: usize = 16;
 // Negative numbers are read as values, so that `--duration -1` is refused as a bad value.
 #[command(name = "tandem-bench", version, about, long_about = None, allow_negative_numbers = true)]
 #[command(after_help = "Exit status: 0 when every request succeeded, 1 when any error or timeout \
-occurred during the run, 2 for usage errors, an unreachable server, no primary from --coordinator or \
+occurred during the run (open-loop requests that could not be sent are not errors), 2 for usage errors, an unreachable server, no primary from --coordinator or \
 a histogram file that could not be written, 130 when interrupted.")]
 pub struct Args {
     /// The server to load, HOST:PORT.
@@ -116,7 +116,8 @@ pub struct Args {
 
     /// Open loop: send this many requests per second in total on a fixed schedule, measuring
     /// latency from each request's intended send time (-P caps the requests in flight per
-    /// connection). Default: closed loop.
+    /// connection). Requests still unsent when a test ends are reported as not sent, beside
+    /// the rate achieved. Default: closed loop.
     #[arg(long, value_name = "OPS")]
     pub rate: Option<f64>,
 
@@ -145,7 +146,8 @@ pub struct Args {
     #[arg(long = "hdr-out", value_name = "FILE")]
     pub hdr_out: Option<PathBuf>,
 
-    /// No live progress line (it is shown only when stderr is a terminal anyway).
+    /// No live progress line: ops/s and the last second's p50/p99 latency (it is shown only
+    /// when stderr is a terminal anyway).
     #[arg(short = 'q', long)]
     pub quiet: bool,
 }

@@ -46,16 +46,19 @@ pub enum Admit {
 pub struct Gate {
     /// Requests intended before this are warm-up.
     pub measure_start_ns: u64,
-    /// Requests intended at or after this are not sent (`--duration`).
+    /// Nothing is sent from this time on, and no request intended at or after it
+    /// (`--duration`, or an interrupt). An open-loop backlog still due at this time is not
+    /// sent: the phase counts it as not sent rather than run past its end.
     pub end_ns: Option<u64>,
     /// Measured requests left to send (`-n`), shared by this thread's connections.
     pub remaining: Option<u64>,
 }
 
 impl Gate {
-    /// Admits (or not) a request intended at `t_ns`, taking it from the budget.
-    pub fn admit(&mut self, t_ns: u64) -> Admit {
-        if self.end_ns.is_some_and(|end| t_ns >= end) {
+    /// Admits (or not) a request intended at `t_ns` and about to be sent at `now_ns`, taking
+    /// it from the budget.
+    pub fn admit(&mut self, t_ns: u64, now_ns: u64) -> Admit {
+        if self.end_ns.is_some_and(|end| t_ns >= end || now_ns >= end) {
             return Admit::Refused;
         }
         if t_ns < self.measure_start_ns {
@@ -438,7 +441,7 @@ impl Conn {
     }
 
     fn enqueue(&mut self, ctx: &mut Ctx<'_>, intended_ns: u64, now: u64) -> Enqueued {
-        let measured = match ctx.gate.admit(intended_ns) {
+        let measured = match ctx.gate.admit(intended_ns, now) {
             Admit::Refused => return Enqueued::Refused,
             Admit::Measured => true,
             Admit::Unmeasured => false,
@@ -779,22 +782,22 @@ mod tests {
     #[test]
     fn gate_by_requests_with_warmup() {
         let mut gate = Gate { measure_start_ns: 100, end_ns: None, remaining: Some(2) };
-        assert_eq!(gate.admit(50), Admit::Unmeasured);
+        assert_eq!(gate.admit(50, 50), Admit::Unmeasured);
         assert!(!gate.closed(50));
-        assert_eq!(gate.admit(100), Admit::Measured);
-        assert_eq!(gate.admit(150), Admit::Measured);
-        assert_eq!(gate.admit(160), Admit::Refused);
+        assert_eq!(gate.admit(100, 100), Admit::Measured);
+        assert_eq!(gate.admit(150, 150), Admit::Measured);
+        assert_eq!(gate.admit(160, 160), Admit::Refused);
         assert!(gate.closed(160));
     }
 
     #[test]
     fn a_stopped_gate_admits_nothing_more() {
         let mut gate = Gate { measure_start_ns: 0, end_ns: None, remaining: Some(100) };
-        assert_eq!(gate.admit(10), Admit::Measured);
+        assert_eq!(gate.admit(10, 10), Admit::Measured);
         gate.stop(20);
         assert!(gate.closed(20));
-        assert_eq!(gate.admit(15), Admit::Measured, "intended before the stop: still sent");
-        assert_eq!(gate.admit(20), Admit::Refused);
+        assert_eq!(gate.admit(15, 20), Admit::Refused, "intended before the stop, but sending has stopped");
+        assert_eq!(gate.admit(20, 20), Admit::Refused);
         let mut timed = Gate { measure_start_ns: 0, end_ns: Some(10), remaining: None };
         timed.stop(50);
         assert_eq!(timed.end_ns, Some(10), "a stop after the end changes nothing");
@@ -803,10 +806,23 @@ mod tests {
     #[test]
     fn gate_by_duration() {
         let mut gate = Gate { measure_start_ns: 0, end_ns: Some(1000), remaining: None };
-        assert_eq!(gate.admit(999), Admit::Measured);
-        assert_eq!(gate.admit(1000), Admit::Refused);
+        assert_eq!(gate.admit(999, 999), Admit::Measured);
+        assert_eq!(gate.admit(1000, 1000), Admit::Refused);
         assert!(!gate.closed(999));
         assert!(gate.closed(1000));
+    }
+
+    /// An open-loop backlog (requests intended before the end, still waiting for a free slot)
+    /// is sent late while the phase lasts, and not at all once it has ended: the phase
+    /// stops at its duration instead of working the backlog off afterwards.
+    #[test]
+    fn a_backlog_is_sent_late_but_never_after_the_end() {
+        let mut gate = Gate { measure_start_ns: 0, end_ns: Some(1000), remaining: None };
+        assert_eq!(gate.admit(100, 900), Admit::Measured, "late, within the phase");
+        assert_eq!(gate.admit(100, 1000), Admit::Refused, "due long ago, but the phase is over");
+        assert_eq!(gate.admit(999, 5000), Admit::Refused);
+        let mut counted = Gate { measure_start_ns: 0, end_ns: None, remaining: Some(1) };
+        assert_eq!(counted.admit(100, 1_000_000), Admit::Measured, "-n has no end: all is sent");
     }
 
     #[test]

@@ -6,16 +6,17 @@
 //! together (a barrier) and each ends it on its own once it has sent what it should and
 //! every reply is in, or its requests have timed out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use mio::{Events, Poll, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,7 +26,7 @@ use crate::config::{Config, TestSpec};
 use crate::conn::{Clock, Conn, Ctx, Gate, Verify};
 use crate::proto::{self, Protocol};
 use crate::ratelimit::Schedule;
-use crate::stats::{ErrorKind, PhaseStats, Recorder};
+use crate::stats::{new_series_histogram, ErrorKind, Percentiles, PhaseStats, Recorder};
 use crate::timer::Timer;
 use crate::workload::{stream_seed, Workload};
 
@@ -34,6 +35,8 @@ const TIMER: Token = Token(usize::MAX);
 const HOUSEKEEPING_NS: u64 = 10_000_000;
 /// How long the probe and the first connections may take to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The span of the progress line's latency percentiles.
+pub const RECENT: Duration = Duration::from_secs(1);
 
 /// One phase of the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,12 +75,45 @@ pub struct PhaseResult {
 }
 
 /// Totals for the progress line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Progress {
     /// Successful replies so far, all phases.
     pub ops: AtomicU64,
     /// Errors so far, all phases.
     pub errors: AtomicU64,
+    /// Latencies of the replies since the runner last took them (series precision).
+    pub latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            ops: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: Mutex::new(new_series_histogram()),
+        }
+    }
+}
+
+impl Progress {
+    /// Adds what `recorder` measured since its last publication.
+    fn publish(&self, recorder: &mut Recorder) {
+        let (ops, errors) = recorder.take_progress();
+        self.ops.fetch_add(ops, Ordering::Relaxed);
+        self.errors.fetch_add(errors, Ordering::Relaxed);
+        if ops > 0 {
+            let mut latency = self.latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            recorder.take_recent_latency(&mut latency);
+        }
+    }
+
+    /// Takes the latencies published since the last call.
+    fn take_latency(&self) -> Histogram<u64> {
+        let mut latency = self.latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let taken = latency.clone();
+        latency.reset();
+        taken
+    }
 }
 
 /// What [`Runner::next_event`] saw.
@@ -91,6 +127,9 @@ pub enum RunEvent {
         ops: u64,
         /// Errors.
         errors: u64,
+        /// Latency of the replies of about the last second ([`RECENT`]) of the phase under
+        /// way, in nanoseconds (`count` 0 when none arrived).
+        latency: Percentiles,
     },
     /// Every phase has ended.
     Done,
@@ -194,6 +233,8 @@ pub struct Runner {
     partial: BTreeMap<usize, (usize, PhaseStats)>,
     next_phase: usize,
     progress: Arc<Progress>,
+    /// The progress line's latencies: one histogram per tick, for the last [`RECENT`].
+    recent: VecDeque<(Instant, Histogram<u64>)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -235,6 +276,7 @@ impl Runner {
             partial: BTreeMap::new(),
             next_phase: 0,
             progress,
+            recent: VecDeque::new(),
             stop,
         })
     }
@@ -276,6 +318,9 @@ impl Runner {
                     let index = self.next_phase;
                     let (_, stats) = self.partial.remove(&index).unwrap_or_default();
                     self.next_phase += 1;
+                    // The progress line's latency starts afresh with the next phase.
+                    self.recent.clear();
+                    let _ = self.progress.take_latency();
                     return RunEvent::Phase(Box::new(PhaseResult {
                         index,
                         phase: self.phases[index].clone(),
@@ -295,6 +340,7 @@ impl Runner {
                     return RunEvent::Tick {
                         ops: self.progress.ops.load(Ordering::Relaxed),
                         errors: self.progress.errors.load(Ordering::Relaxed),
+                        latency: self.recent_latency(),
                     };
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -305,6 +351,21 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// The latency percentiles of about the last [`RECENT`]: what the threads published
+    /// since the last tick, with the ticks before it that fall within the span.
+    fn recent_latency(&mut self) -> Percentiles {
+        let now = Instant::now();
+        self.recent.push_back((now, self.progress.take_latency()));
+        while self.recent.front().is_some_and(|(at, _)| now.duration_since(*at) >= RECENT) {
+            self.recent.pop_front();
+        }
+        let mut all = new_series_histogram();
+        for (_, h) in &self.recent {
+            let _ = all.add(h);
+        }
+        Percentiles::of(&all)
     }
 }
 
@@ -489,9 +550,7 @@ impl Worker {
                 for conn in &mut self.conns {
                     conn.housekeeping(&mut ctx, timeout_ns);
                 }
-                let (ops, errors) = ctx.recorder.take_progress();
-                self.links.progress.ops.fetch_add(ops, Ordering::Relaxed);
-                self.links.progress.errors.fetch_add(errors, Ordering::Relaxed);
+                self.links.progress.publish(ctx.recorder);
                 // Nothing answered for twice the timeout while there is work to do: the server
                 // is gone or wedged. Give up on this phase rather than retry forever.
                 let waiting = self.conns.iter().any(|c| !c.is_open() || c.in_flight() > 0);
@@ -534,30 +593,28 @@ impl Worker {
             }
         }
         let end = clock.now();
-        if let Some(end_ns) = ctx.gate.end_ns.filter(|_| open_loop.is_some()) {
-            // Requests the schedule meant to send before the end but never could (connections
-            // full or down to the last): they count, as timeouts, rather than vanish.
-            let mut unsent = 0;
-            for conn in &mut self.conns {
-                if let Some(schedule) = conn.schedule.as_mut() {
-                    while schedule.peek() < end_ns.min(end) {
-                        if schedule.peek() >= measure_start_ns {
-                            unsent += 1;
-                        }
-                        schedule.take();
-                    }
-                }
-            }
-            ctx.recorder.record_error(ErrorKind::Timeout, unsent, end);
+        // The end of sending: the duration's or the interrupt's, or the loop's (it gave up).
+        let send_end = ctx.gate.end_ns.map(|end_ns| end_ns.min(end));
+        if let Some(send_end) = send_end.filter(|_| open_loop.is_some()) {
+            // Requests the schedule meant to send in the measured window but never could
+            // (connections full or down to the last): not sent, which is not a timeout.
+            let unsent: u64 = self
+                .conns
+                .iter()
+                .filter_map(|conn| conn.schedule.as_ref())
+                .map(|schedule| schedule.untaken_between(measure_start_ns, send_end))
+                .sum();
+            ctx.recorder.record_not_sent(unsent);
         }
-        let (ops, errors) = ctx.recorder.take_progress();
-        self.links.progress.ops.fetch_add(ops, Ordering::Relaxed);
-        self.links.progress.errors.fetch_add(errors, Ordering::Relaxed);
+        self.links.progress.publish(ctx.recorder);
         for conn in &mut self.conns {
             conn.workload = None;
             conn.schedule = None;
         }
         let mut stats = recorder.finish(end);
+        if let Some(send_end) = send_end {
+            stats.window_ns = send_end.saturating_sub(measure_start_ns);
+        }
         stats.interrupted = interrupted;
         stats.skipped = skipped;
         stats
@@ -587,6 +644,33 @@ mod tests {
         assert!(err.to_string().contains("--protocol echo"), "{err}");
         let err = probe(echo.addr(), Protocol::Resp).expect_err("nor a Redis");
         assert!(err.to_string().contains("RESP") || err.to_string().contains("PING"), "{err}");
+    }
+
+    /// The progress ticks carry the latency of the last second's replies, not only counts.
+    #[test]
+    fn ticks_carry_the_recent_latency() {
+        let echo = crate::echo::EchoServer::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).expect("spawn");
+        let addr = echo.addr().to_string();
+        let args =
+            ["tandem-bench", "--protocol", "echo", "-s", &addr, "-c", "2", "--duration", "1.5", "-t", "get"];
+        let config = Config::from_args(Args::try_parse_from(args).expect("parses")).expect("valid");
+        let mut runner = Runner::start(&config).expect("starts");
+        let mut ticks = Vec::new();
+        let mut phases = 0;
+        loop {
+            match runner.next_event(Duration::from_millis(200)) {
+                RunEvent::Tick { ops, latency, .. } => ticks.push((ops, latency)),
+                RunEvent::Phase(_) => phases += 1,
+                RunEvent::Done => break,
+            }
+        }
+        assert_eq!(phases, 1);
+        let measured: Vec<_> = ticks.iter().filter(|(ops, _)| *ops > 0).map(|(_, l)| *l).collect();
+        assert!(!measured.is_empty(), "no tick saw a reply: {ticks:?}");
+        assert!(
+            measured.iter().any(|l| l.count > 0 && l.p50 > 0 && l.p99 >= l.p50),
+            "ticks after replies carry their latency: {ticks:?}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! soon as it can, and its latency still counts from its intended time: a stall shows up in
 //! the latency of every request that should have been sent during it, instead of silently
 //! lowering the request rate ("coordinated omission"). The service time, from the actual
-//! send, is reported beside it.
+//! send, is reported beside it. Once the phase stops sending (`--duration`), what is still
+//! due is not sent: the phase counts it ([`Schedule::untaken_between`]) as not sent.
 
 /// The send times of one connection: `start + k * interval` for `k = 0, 1, 2, ...`.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +57,36 @@ impl Schedule {
     pub fn taken(&self) -> u64 {
         self.next
     }
+
+    /// The intended time of request `k`.
+    fn at(&self, k: u64) -> u64 {
+        self.start_ns + (k as f64 * self.interval_ns) as u64
+    }
+
+    /// The index of the first request intended at or after `t_ns`.
+    fn first_at_or_after(&self, t_ns: u64) -> u64 {
+        if t_ns <= self.start_ns {
+            return 0;
+        }
+        // An estimate from the spacing, corrected by the exact formula of `peek` (float
+        // rounding can put it one off either way).
+        let mut k = ((t_ns - self.start_ns) as f64 / self.interval_ns).ceil() as u64;
+        while k > 0 && self.at(k - 1) >= t_ns {
+            k -= 1;
+        }
+        while self.at(k) < t_ns {
+            k += 1;
+        }
+        k
+    }
+
+    /// How many requests not taken yet are intended in `[from_ns, to_ns)`: those a phase
+    /// that stops sending at `to_ns` never sent. Counted, not iterated, so a huge backlog
+    /// costs nothing.
+    pub fn untaken_between(&self, from_ns: u64, to_ns: u64) -> u64 {
+        let first = self.next.max(self.first_at_or_after(from_ns));
+        self.first_at_or_after(to_ns).saturating_sub(first)
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +136,36 @@ mod tests {
             last = s.take();
         }
         assert!((last as i64 - 1_000_000_000_000).abs() < 1_000, "3000 intervals end at {last}");
+    }
+
+    /// The count of what was never sent agrees with taking the backlog one by one, whatever
+    /// the spacing, the window and how much was taken already.
+    #[test]
+    fn untaken_requests_are_counted_exactly() {
+        for (rate, slot, slots, start) in
+            [(3.0, 0, 1, 0), (7_000.0, 3, 7, 12_345), (1e6, 9, 10, 1), (0.5, 0, 1, 7)]
+        {
+            for taken in [0u64, 1, 5, 1000] {
+                for (from, to) in [(0, 0), (0, 1_000_000_000), (250_000_000, 2_000_000_001), (5, 4), (0, 3)] {
+                    let mut s = Schedule::new(rate, slot, slots, start);
+                    for _ in 0..taken {
+                        s.take();
+                    }
+                    let counted = s.untaken_between(from, to);
+                    let mut brute = 0;
+                    let mut walk = s.clone();
+                    while walk.peek() < to {
+                        if walk.take() >= from {
+                            brute += 1;
+                        }
+                    }
+                    assert_eq!(
+                        counted, brute,
+                        "rate {rate} slot {slot}/{slots} taken {taken} [{from}, {to})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -99,10 +99,18 @@ pub struct SecondReport {
 pub struct RateReport {
     /// `--rate`.
     pub target_ops_per_sec: f64,
-    /// Successful replies per second actually achieved.
+    /// Successful replies per second of `elapsed_s` (the summary's ops/s).
     pub achieved_ops_per_sec: f64,
     /// Service time, from the actual send (without the wait for the schedule).
     pub service: LatencyUs,
+    /// `--rate` again, beside `achieved_rate`.
+    pub target_rate: f64,
+    /// Requests sent per second of the sending window (`requests / window_s`): what the
+    /// schedule achieved. Below `target_rate` when requests could not be sent in time
+    /// (`not_sent`); `requests + not_sent` is about `target_rate * window_s`.
+    pub achieved_rate: f64,
+    /// The sending window: `--duration` (or until the interrupt); with `-n`, `elapsed_s`.
+    pub window_s: f64,
 }
 
 /// Everything reported about one test (or the prefill): one JSON line.
@@ -114,6 +122,9 @@ pub struct TestReport {
     pub interrupted: bool,
     /// Requests sent while measuring.
     pub requests: u64,
+    /// Open loop: requests the schedule meant to send while measuring that could not be
+    /// sent before the test stopped sending (connections full or down). Not errors.
+    pub not_sent: u64,
     /// Successful replies (GET misses included).
     pub ops: u64,
     /// Seconds from the start of measurement to the last reply.
@@ -187,6 +198,7 @@ impl TestReport {
             test: result.phase.name.clone(),
             interrupted: stats.interrupted,
             requests: stats.requests,
+            not_sent: stats.not_sent,
             ops: stats.ops(),
             elapsed_s: stats.elapsed_ns as f64 / 1e9,
             ops_per_sec: (ops_per_sec * 10.0).round() / 10.0,
@@ -199,6 +211,9 @@ impl TestReport {
                 target_ops_per_sec: target,
                 achieved_ops_per_sec: (ops_per_sec * 10.0).round() / 10.0,
                 service: Percentiles::of(&stats.service()).into(),
+                target_rate: target,
+                achieved_rate: (stats.sent_per_sec() * 10.0).round() / 10.0,
+                window_s: stats.window_ns as f64 / 1e9,
             }),
             series,
             config: config.clone(),
@@ -279,8 +294,9 @@ pub fn write_human(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
         writeln!(out, "  service us: {}", latency_line(&rate.service))?;
         writeln!(
             out,
-            "  rate: target {:.0} ops/s, achieved {:.0} ops/s (latency counts from the intended send time)",
-            rate.target_ops_per_sec, rate.achieved_ops_per_sec
+            "  rate: target {:.0} ops/s, achieved {:.0} ops/s sent in {:.2} s, not sent {} \
+             (latency counts from the intended send time)",
+            rate.target_rate, rate.achieved_rate, rate.window_s, r.not_sent
         )?;
     }
     if let Some(get) = r.commands.get(&Cmd::Get) {
@@ -300,7 +316,7 @@ pub fn write_human(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
 
 /// The CSV header.
 pub const CSV_HEADER: &str = "test,requests,ops,errors,misses,elapsed_s,ops_per_sec,p50_us,p90_us,p99_us,\
-p999_us,p9999_us,max_us,mean_us,target_ops_per_sec,service_p50_us,service_p99_us";
+p999_us,p9999_us,max_us,mean_us,target_ops_per_sec,service_p50_us,service_p99_us,not_sent,achieved_rate";
 
 /// Writes one CSV row for the test, and one per command (`test/CMD`) for mixed tests.
 ///
@@ -312,7 +328,7 @@ pub fn write_csv(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
             let ops_per_sec = if r.elapsed_s > 0.0 { ops as f64 / r.elapsed_s } else { 0.0 };
             writeln!(
                 out,
-                "{name},{},{ops},{},{misses},{:.3},{:.1},{},{},{},{},{},{},{},{},{},{}",
+                "{name},{},{ops},{},{misses},{:.3},{:.1},{},{},{},{},{},{},{},{},{},{},{},{}",
                 r.requests,
                 r.errors,
                 r.elapsed_s,
@@ -327,6 +343,8 @@ pub fn write_csv(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
                 r.rate.as_ref().map_or(String::new(), |x| x.target_ops_per_sec.to_string()),
                 s.map_or(String::new(), |s| s.p50_us.to_string()),
                 s.map_or(String::new(), |s| s.p99_us.to_string()),
+                r.not_sent,
+                r.rate.as_ref().map_or(String::new(), |x| x.achieved_rate.to_string()),
             )
         };
     row(out, &r.test, r.ops, r.misses, &r.latency, r.rate.as_ref().map(|x| &x.service))?;
@@ -391,8 +409,21 @@ pub fn write_hgrm(out: &mut dyn Write, h: &Histogram<u64>) -> io::Result<()> {
 }
 
 /// The live progress line (without a line end; the caller returns the carriage).
-pub fn progress_line(test: &str, elapsed_s: f64, ops: u64, ops_per_sec: f64, errors: u64) -> String {
-    format!("{test}: {elapsed_s:.1} s, {ops} ops, {ops_per_sec:.0} ops/s now, errors {errors}")
+/// `latency` is of the last second's replies (nanoseconds; `count` 0 shows dashes).
+pub fn progress_line(
+    test: &str,
+    elapsed_s: f64,
+    ops: u64,
+    ops_per_sec: f64,
+    latency: &Percentiles,
+    errors: u64,
+) -> String {
+    let latency = if latency.count == 0 {
+        "p50 - p99 - us".to_string()
+    } else {
+        format!("p50 {:.0} p99 {:.0} us", us(latency.p50), us(latency.p99))
+    };
+    format!("{test}: {elapsed_s:.1} s, {ops} ops, {ops_per_sec:.0} ops/s now, {latency}, errors {errors}")
 }
 
 #[cfg(test)]
@@ -452,7 +483,10 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8");
         assert!(text.starts_with("mixed: 1000 ops"), "{text}");
         assert!(text.contains("  service us: p50"), "{text}");
-        assert!(text.contains("  rate: target 1000 ops/s, achieved 1000 ops/s"), "{text}");
+        assert!(
+            text.contains("  rate: target 1000 ops/s, achieved 1000 ops/s sent in 1.00 s, not sent 0"),
+            "{text}"
+        );
         assert!(text.contains("  PUT latency us: p50"), "{text}");
         assert!(text.contains("(250 ops)"), "{text}");
         assert!(text.contains("  GET latency us: p50"), "{text}");
@@ -486,6 +520,58 @@ mod tests {
         assert_eq!(v["commands"]["GET"]["ops"], 750);
         assert!(v["series"].as_array().is_some_and(|s| !s.is_empty()));
         assert!(v.get("rate").is_none());
+    }
+
+    /// An open-loop test that could not send everything reports what it did not send beside
+    /// what it achieved over its window, in every format, and none of it as errors.
+    #[test]
+    fn open_loop_reports_not_sent_and_the_achieved_rate() {
+        let config = config(&["-t", "get", "--rate", "5000", "--duration", "1", "-c", "4"]);
+        let mut phase = result(&config, 0, 0);
+        phase.stats.not_sent = 4000;
+        phase.stats.window_ns = 1_000_000_000;
+        let report = TestReport::new(&phase, &config);
+        let mut out = Vec::new();
+        write_human(&mut out, &report).expect("writes");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.contains("  rate: target 5000 ops/s, achieved 1000 ops/s sent in 1.00 s, not sent 4000"),
+            "{text}"
+        );
+        assert!(text.contains("errors 0") && !text.contains("timeout"), "{text}");
+        let mut json = Vec::new();
+        write_json(&mut json, &report).expect("writes");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+        assert_eq!(v["not_sent"], 4000);
+        assert_eq!(v["errors"], 0);
+        assert_eq!(v["rate"]["target_rate"], 5000.0);
+        assert_eq!(v["rate"]["achieved_rate"], 1000.0);
+        assert_eq!(v["rate"]["window_s"], 1.0);
+        assert_eq!(v["rate"]["target_ops_per_sec"], 5000.0, "the old fields stay");
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &report).expect("writes");
+        let csv = String::from_utf8(csv).expect("utf-8");
+        let header: Vec<&str> = CSV_HEADER.split(',').collect();
+        let row: Vec<&str> = csv.lines().next().expect("a row").split(',').collect();
+        assert_eq!(row.len(), header.len(), "{csv}");
+        let field = |name: &str| row[header.iter().position(|h| *h == name).expect(name)];
+        assert_eq!((field("not_sent"), field("achieved_rate")), ("4000", "1000"));
+        assert_eq!(field("target_ops_per_sec"), "5000");
+    }
+
+    #[test]
+    fn progress_line_shows_the_recent_latency() {
+        let mut h = crate::stats::new_series_histogram();
+        for ns in [30_000u64; 99].into_iter().chain([900_000]) {
+            h.record(ns).expect("in range");
+        }
+        let line = progress_line("GET", 2.5, 1000, 400.0, &Percentiles::of(&h), 0);
+        assert_eq!(line, "GET: 2.5 s, 1000 ops, 400 ops/s now, p50 30 p99 30 us, errors 0");
+        h.record(900_000).expect("in range");
+        let line = progress_line("GET", 2.5, 1000, 400.0, &Percentiles::of(&h), 1);
+        assert!(line.contains("p50 30 p99 9"), "{line}");
+        let quiet = progress_line("PUT", 0.5, 0, 0.0, &Percentiles::default(), 0);
+        assert_eq!(quiet, "PUT: 0.5 s, 0 ops, 0 ops/s now, p50 - p99 - us, errors 0");
     }
 
     #[test]

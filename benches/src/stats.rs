@@ -25,7 +25,9 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, SIGFIGS).expect("constant histogram bounds are valid")
 }
 
-fn new_series_histogram() -> Histogram<u64> {
+/// A histogram at the series' precision (two significant digits), also used for the
+/// progress line's latency.
+pub fn new_series_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, SERIES_SIGFIGS)
         .expect("constant histogram bounds are valid")
 }
@@ -38,8 +40,9 @@ pub enum ErrorKind {
     Connect,
     /// The server closed or reset a connection, or a read or write on it failed.
     Closed,
-    /// A request got no reply within `--timeout-ms` (or, in open loop, could not be sent
-    /// before the phase's drain deadline).
+    /// A request got no reply within `--timeout-ms` (or was still unanswered that long after
+    /// the phase stopped sending). Requests an open-loop schedule could not send in time are
+    /// not timeouts: they are counted in [`PhaseStats::not_sent`].
     Timeout,
     /// A request was in flight on a connection that closed.
     Unanswered,
@@ -179,6 +182,14 @@ pub struct PhaseStats {
     pub errors: ErrorCounts,
     /// Requests sent in the measured part of the phase.
     pub requests: u64,
+    /// Open loop: requests the schedule meant to send in the measured part of the phase
+    /// that were never sent (their connection was full or down until the phase stopped
+    /// sending). Not errors: the target rate was not reached.
+    pub not_sent: u64,
+    /// Open loop: the time the schedule had to send in, from the start of measurement to the
+    /// end of sending (`--duration`, or the interrupt); without either (`-n`), `elapsed_ns`.
+    /// Merged: the longest thread's.
+    pub window_ns: u64,
     /// From the start of measurement to the last measured reply (the phase's length when
     /// nothing was measured); for merged stats, the longest thread's.
     pub elapsed_ns: u64,
@@ -198,6 +209,8 @@ impl PhaseStats {
             cmds: [CmdStats::new(), CmdStats::new(), CmdStats::new()],
             errors: ErrorCounts::default(),
             requests: 0,
+            not_sent: 0,
+            window_ns: 0,
             elapsed_ns: 0,
             series: Vec::new(),
             interrupted: false,
@@ -213,6 +226,8 @@ impl PhaseStats {
         }
         self.errors.merge(&other.errors);
         self.requests += other.requests;
+        self.not_sent += other.not_sent;
+        self.window_ns = self.window_ns.max(other.window_ns);
         self.elapsed_ns = self.elapsed_ns.max(other.elapsed_ns);
         if self.series.len() < other.series.len() {
             self.series.resize_with(other.series.len(), SeriesBucket::new);
@@ -250,6 +265,16 @@ impl PhaseStats {
             let _ = all.add(&cmd.service);
         }
         all
+    }
+
+    /// Open loop: requests sent per second of the sending window (`requests / window_ns`),
+    /// the figure to hold against the target rate.
+    pub fn sent_per_sec(&self) -> f64 {
+        if self.window_ns == 0 {
+            0.0
+        } else {
+            self.requests as f64 * NS_PER_SEC as f64 / self.window_ns as f64
+        }
     }
 
     /// Successful replies per second of `elapsed_ns`.
@@ -320,6 +345,8 @@ pub struct Recorder {
     current_second: u64,
     /// Totals published to the progress line so far.
     published: (u64, u64),
+    /// Latencies recorded since the progress line last took them.
+    recent: Histogram<u64>,
 }
 
 impl Recorder {
@@ -332,6 +359,7 @@ impl Recorder {
             current: SeriesBucket::new(),
             current_second: 0,
             published: (0, 0),
+            recent: new_series_histogram(),
         }
     }
 
@@ -361,9 +389,15 @@ impl Recorder {
         stats.latency.saturating_record(latency);
         stats.service.saturating_record(service);
         self.last_completion_ns = self.last_completion_ns.max(now_ns);
+        self.recent.saturating_record(latency);
         let bucket = self.bucket(now_ns);
         bucket.ops += 1;
         bucket.latency.saturating_record(latency);
+    }
+
+    /// Counts `n` requests of the open-loop schedule that were never sent.
+    pub fn record_not_sent(&mut self, n: u64) {
+        self.stats.not_sent += n;
     }
 
     /// Counts `n` errors of `kind` at `now_ns`.
@@ -384,10 +418,22 @@ impl Recorder {
         delta
     }
 
+    /// Moves the latencies recorded since the last call into `into` (for the progress
+    /// line); does nothing when there are none.
+    pub fn take_recent_latency(&mut self, into: &mut Histogram<u64>) {
+        if !self.recent.is_empty() {
+            let _ = into.add(&self.recent);
+            self.recent.reset();
+        }
+    }
+
     /// Ends the phase at `end_ns` and returns what was measured.
     pub fn finish(mut self, end_ns: u64) -> PhaseStats {
         let measured_end = if self.stats.ops() > 0 { self.last_completion_ns } else { end_ns };
         self.stats.elapsed_ns = measured_end.saturating_sub(self.measure_start_ns);
+        // Without an end of sending (`-n`) the window is the measured span; the driver sets
+        // it to the duration's (or the interrupt's) otherwise.
+        self.stats.window_ns = self.stats.elapsed_ns;
         // Close the series at the last second that saw anything, or the phase's end.
         let last = measured_end.max(self.last_completion_ns);
         let _ = self.bucket(last);
@@ -490,6 +536,39 @@ mod tests {
         r.record_error(ErrorKind::Decode, 2, 1);
         assert_eq!(r.take_progress(), (0, 2));
         assert_eq!(r.take_progress(), (0, 0));
+    }
+
+    #[test]
+    fn recent_latency_is_handed_over_once() {
+        let mut r = Recorder::new(0);
+        r.record_reply(Cmd::Get, false, 0, 0, 30_000);
+        r.record_reply(Cmd::Put, false, 0, 0, 2 * MS);
+        let mut shared = new_series_histogram();
+        r.take_recent_latency(&mut shared);
+        assert_eq!(shared.len(), 2);
+        assert!(shared.value_at_quantile(0.99) >= 1_900_000, "{}", shared.value_at_quantile(0.99));
+        r.take_recent_latency(&mut shared);
+        assert_eq!(shared.len(), 2, "nothing new");
+    }
+
+    #[test]
+    fn not_sent_and_the_window_merge_and_give_the_sent_rate() {
+        let mut a = Recorder::new(0);
+        for _ in 0..300 {
+            a.count_request();
+        }
+        a.record_not_sent(700);
+        let mut merged = a.finish(MS);
+        merged.window_ns = 1_000 * MS;
+        let mut b = PhaseStats::new();
+        b.requests = 100;
+        b.not_sent = 900;
+        b.window_ns = 999 * MS;
+        merged.merge(&b);
+        assert_eq!(merged.not_sent, 1600);
+        assert_eq!(merged.errors.total(), 0, "not sent is no error");
+        assert_eq!(merged.window_ns, 1_000 * MS);
+        assert_eq!(merged.sent_per_sec(), 400.0);
     }
 
     #[test]

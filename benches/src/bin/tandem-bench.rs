@@ -83,6 +83,7 @@ fn main() -> ExitCode {
     let _ = out.flush();
     let show_progress = config.progress && io::stderr().is_terminal();
     let mut errors = 0;
+    let mut not_sent = 0;
     // A histogram file that could not be written: the run's output is incomplete.
     let mut unwritten = false;
     let mut phase_start = Instant::now();
@@ -90,7 +91,7 @@ fn main() -> ExitCode {
     let mut last_tick = (Instant::now(), 0u64);
     loop {
         match runner.next_event(TICK) {
-            RunEvent::Tick { ops, errors: failed } => {
+            RunEvent::Tick { ops, errors: failed, latency } => {
                 if show_progress {
                     let now = Instant::now();
                     let rate = (ops - last_tick.1) as f64 / now.duration_since(last_tick.0).as_secs_f64();
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
                         phase_start.elapsed().as_secs_f64(),
                         ops - phase_base_ops,
                         rate,
+                        &latency,
                         failed,
                     );
                     eprint!("\r\x1b[2K{line}");
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
                 }
                 let report = TestReport::new(&result, &config);
                 errors += report.errors;
+                not_sent += report.not_sent;
                 // CSV and JSON carry one row / object per test: the prefill is not one, so its
                 // summary goes to stderr there.
                 let _ = match config.output {
@@ -143,6 +146,9 @@ fn main() -> ExitCode {
             }
             RunEvent::Done => break,
         }
+    }
+    if not_sent > 0 {
+        eprintln!("tandem-bench: {not_sent} requests could not be sent on schedule: the target rate was not reached");
     }
     if errors > 0 {
         eprintln!("tandem-bench: {errors} errors during the run");

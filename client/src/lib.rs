@@ -17,7 +17,8 @@
 //! [`Client::connect`] and [`Client::connect_with`] talk to one server over one connection.
 //! After an I/O error, a timeout or a protocol error the connection's state is unknown (a reply
 //! may still be in flight): the client refuses further calls with [`ClientError::Broken`]
-//! until [`Client::reconnect`].
+//! until [`Client::reconnect`]. [`Client::is_connected`] tells, without sending anything,
+//! whether the server has closed the connection meanwhile (a restart, an idle timeout).
 //!
 //! # A cluster
 //!
@@ -245,6 +246,18 @@ pub enum Op<'a> {
     Ping,
 }
 
+impl Op<'_> {
+    /// Checks that the op fits in a frame (key and value within the limits), without
+    /// sending anything: [`Client::pipeline`] refuses a whole batch holding one that does
+    /// not, so check each op first to set the bad ones aside.
+    ///
+    /// # Errors
+    /// [`ClientError::Encode`] naming the limit it breaks.
+    pub fn check(&self) -> Result<()> {
+        request_for(*self, 0).to_frame(0).validate().map_err(ClientError::Encode)
+    }
+}
+
 /// The server's answer to one pipelined request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -377,6 +390,30 @@ impl Conn {
         let timeout = timeout.map(|t| t.max(MIN_WAIT));
         self.stream.set_read_timeout(timeout)?;
         self.stream.set_write_timeout(timeout)
+    }
+
+    /// Whether the connection can take a request, as far as can be told without sending
+    /// one: not broken, and the server has neither closed it (an idle timeout, a restart)
+    /// nor sent anything unasked. Marks it broken if not. With requests outstanding it is
+    /// not probed (their replies are what may be waiting).
+    fn probe(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        if !self.outstanding.is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let alive = self.reader.buffered() == 0
+            && self.stream.set_nonblocking(true).is_ok()
+            && match self.stream.peek(&mut byte) {
+                Err(e) => matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
+                // 0: closed by the server; more: bytes nobody asked for, e.g. a last BUSY.
+                Ok(_) => false,
+            };
+        let alive = self.stream.set_nonblocking(false).is_ok() && alive;
+        self.broken = !alive;
+        alive
     }
 
     fn check(&self) -> Result<()> {
@@ -698,6 +735,15 @@ impl Client {
     /// Whether this client follows a cluster's primary ([`Client::connect_cluster`]).
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()
+    }
+
+    /// Whether the client holds a connection that can take a request, as far as can be told
+    /// without sending one: there is one, no earlier failure broke it, and the server has
+    /// not closed it (after a restart or an idle timeout, say) or sent anything unasked. A
+    /// connection found closed becomes broken: [`Client::reconnect`] before the next call
+    /// (in cluster mode the next operation connects again by itself).
+    pub fn is_connected(&mut self) -> bool {
+        self.conn.as_mut().is_some_and(Conn::probe)
     }
 
     /// Opens a new connection, keeping the client id and the request ids going upward (so
@@ -1102,6 +1148,34 @@ mod tests {
         let mut next = u64::MAX;
         assert_eq!(take(&mut next), u64::MAX);
         assert_eq!(take(&mut next), 1, "0 is never used");
+    }
+
+    #[test]
+    fn a_connection_the_server_closed_is_noticed_before_sending() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = Client::connect(listener.local_addr().unwrap(), Duration::from_secs(5)).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        assert!(client.is_connected());
+        assert!(client.is_connected(), "probing does not disturb it");
+        drop(server_side);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.is_connected() {
+            assert!(Instant::now() < deadline, "the close was never noticed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(matches!(client.ping(), Err(ClientError::Broken)), "nothing is sent into it");
+        client.reconnect().unwrap();
+        let _second = listener.accept().unwrap();
+        assert!(client.is_connected());
+    }
+
+    #[test]
+    fn ops_too_large_for_a_frame_are_found_before_sending() {
+        assert!(Op::Put(b"k", b"v").check().is_ok());
+        assert!(Op::Delete(b"k").check().is_ok());
+        let big = vec![b'x'; FRAME_LEN];
+        assert!(matches!(Op::Put(b"k", &big).check(), Err(ClientError::Encode(_))));
+        assert!(matches!(Op::Append(b"k", &big).check(), Err(ClientError::Encode(_))));
     }
 
     #[test]

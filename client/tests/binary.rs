@@ -37,3 +37,21 @@ fn usage_errors_exit_2() {
     let out = Command::new(BIN).args(["get"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
 }
+
+#[test]
+fn help_describes_the_prompt_and_commands_from_stdin() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for words in [
+        "plus a newline, when stdout",
+        "(disconnected)",
+        "Tab completion",
+        "`-` is not stdin at the prompt",
+        "stdin not a terminal",
+        "the exit code is the worst",
+        "\"status\":\"BAD_REQUEST\"",
+        "skipped and named on stderr with its line number",
+    ] {
+        assert!(help.contains(words), "--help lacks {words:?}");
+    }
+}

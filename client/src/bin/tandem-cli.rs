@@ -19,7 +19,8 @@ use serde_json::{json, Value as Json};
 /// Command-line client for a Tandem server or cluster.
 ///
 /// With a command, runs it and exits: 0 = OK/found, 1 = not found, 2 = error. Without one,
-/// opens an interactive prompt (type `help`).
+/// opens an interactive prompt (type `help`) if stdin is a terminal, else runs the commands
+/// stdin holds, one per line (see below).
 #[derive(Debug, Parser)]
 // Options are global, so they may come after the command too (`tandem-cli get KEY --json`);
 // negative numbers are read as values, so `-i -1` is refused as a bad value, not as a flag.
@@ -46,6 +47,8 @@ struct Args {
     json: bool,
 
     /// Write values exactly as stored (no escaping, no newline), e.g. to redirect to a file.
+    /// Without it a value is escaped on a terminal, and written as stored plus a newline
+    /// when stdout is not a terminal.
     #[arg(long, global = true)]
     raw: bool,
 
@@ -79,7 +82,9 @@ struct Args {
     latency: bool,
 
     /// Bulk-load: read `put KEY VALUE` (also `del KEY`, `append KEY VALUE`) lines from stdin
-    /// and send them pipelined.
+    /// and send them pipelined. A bad line (unknown, malformed, or too large for a frame) is
+    /// skipped and named on stderr with its line number; the summary counts it and the exit
+    /// code is 2 if any line failed.
     #[arg(long, global = true)]
     pipe: bool,
 
@@ -94,7 +99,7 @@ enum Cmd {
         #[arg(allow_hyphen_values = true)]
         key: OsString,
     },
-    /// Set KEY to VALUE (`-` reads the value from stdin).
+    /// Set KEY to VALUE (`-` reads the value from stdin; on the command line only).
     #[command(alias = "set")]
     Put {
         #[arg(allow_hyphen_values = true)]
@@ -102,13 +107,13 @@ enum Cmd {
         #[arg(allow_hyphen_values = true)]
         value: OsString,
     },
-    /// Delete KEY.
+    /// Delete KEY (prints the version of the delete).
     #[command(alias = "delete")]
     Del {
         #[arg(allow_hyphen_values = true)]
         key: OsString,
     },
-    /// Append VALUE to KEY's value (`-` reads it from stdin).
+    /// Append VALUE to KEY's value (`-` reads it from stdin; on the command line only).
     Append {
         #[arg(allow_hyphen_values = true)]
         key: OsString,
@@ -136,6 +141,24 @@ enum Cmd {
 }
 
 const AFTER_HELP: &str = "\
+Output: `get` escapes a value on a terminal and writes it as stored, plus a newline, when stdout
+is not a terminal (--raw: exactly as stored, no newline). `put`, `append` and `del` print
+`OK (version N)`; a missing key prints `(not found)` on stderr and exits 1. With --json every
+result, errors included, is one JSON object on stdout; an error the server answered carries its
+status: {\"error\":\"...\",\"status\":\"BAD_REQUEST\"}, and a write whose outcome is unknown has
+\"outcome\":\"unknown\". With --server, a read whose connection broke is tried once more on a new
+connection; a write is not: it may have been applied, and the error says its outcome is unknown.
+
+Without a command, on a terminal: a prompt with history (~/.tandem_cli_history), Tab completion
+of command names and hints of their arguments. The prompt shows `(disconnected)` when the
+connection is known to be down (say the server restarted or closed it when idle); the next
+command connects again first. `-` is not stdin at the prompt: type the value (a dash: '-').
+
+Without a command, stdin not a terminal: one command per line, as at the prompt
+(`printf 'put a 1\\nget a\\n' | tandem-cli`): one result per non-empty line (with --json one
+JSON object per line, errors included), no history, and the exit code is the worst of all
+(2 > 1 > 0).
+
 Cluster: with --coordinator (or TANDEM_COORDINATOR) commands go to the primary of the
 coordinator's current view; `view` prints that view, `status --server ADDR` one server's own idea
 of its role.
@@ -198,6 +221,13 @@ struct Cli {
     reconnect: bool,
     /// The client id to use (`session --client-id`); random if `None`.
     client_id: Option<u64>,
+    /// Commands come from the prompt or from stdin lines: `-` is a value like any other then,
+    /// never "read stdin".
+    repl: bool,
+    /// Whether stdout is a terminal: values are escaped there, written as they are elsewhere.
+    stdout_tty: bool,
+    /// The value `-` read from stdin, read once (`-r N` sends it N times).
+    stdin_value: Option<Vec<u8>>,
 }
 
 /// A duration in milliseconds (`1500`, `1500ms`) or seconds (`1.5s`): finite, more than zero,
@@ -260,6 +290,11 @@ fn json_value(data: &[u8]) -> Json {
 /// Splits an interactive or `--pipe` line into words: whitespace separates, double quotes
 /// group and understand `\n \t \\ \" \xHH`, single quotes group literally.
 fn split_words(line: &str) -> Result<Vec<Vec<u8>>, String> {
+    Ok(split_marked_words(line)?.into_iter().map(|(word, _)| word).collect())
+}
+
+/// [`split_words`], saying of each word whether it was quoted.
+fn split_marked_words(line: &str) -> Result<Vec<(Vec<u8>, bool)>, String> {
     let mut words = Vec::new();
     let mut chars = line.chars().peekable();
     loop {
@@ -293,7 +328,7 @@ fn split_words(line: &str) -> Result<Vec<Vec<u8>>, String> {
                 word.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
             }
         }
-        words.push(word);
+        words.push((word, first == '"' || first == '\''));
     }
 }
 
@@ -301,8 +336,13 @@ impl Cli {
     /// The client for data commands: the cluster's when --coordinator is given, else
     /// --server's. Made once and reconnected after failures, so it keeps one client id.
     fn connect(&mut self) -> Result<&mut Client, ClientError> {
+        // A one-server connection the server closed since (a restart, its idle timeout) is
+        // replaced before use rather than found out by a failed command. (A cluster client
+        // connects again by itself.)
+        let stale =
+            self.reconnect || self.client.as_mut().is_some_and(|c| !c.is_cluster() && !c.is_connected());
         match self.client.as_mut() {
-            Some(client) if self.reconnect => {
+            Some(client) if stale => {
                 client.reconnect()?;
                 if let (Some(token), false) = (&self.token, client.is_cluster()) {
                     client.auth(token)?;
@@ -360,29 +400,77 @@ impl Cli {
         }
     }
 
-    fn value_arg(value: &OsString) -> io::Result<Vec<u8>> {
-        if value == "-" {
-            let mut data = Vec::new();
-            io::stdin().read_to_end(&mut data)?;
-            Ok(data)
-        } else {
-            Ok(bytes(value))
+    /// Whether a put's or append's value is `-`, to be read from stdin: on the command line
+    /// only, never at the prompt or in commands read from stdin.
+    fn reads_stdin(&self, value: &OsString) -> bool {
+        !self.repl && value == "-"
+    }
+
+    /// The bytes of a put's or append's value (stdin's, read by [`Cli::run`], for `-`).
+    fn value_arg(&self, value: &OsString) -> Vec<u8> {
+        match &self.stdin_value {
+            Some(data) if self.reads_stdin(value) => data.clone(),
+            _ => bytes(value),
         }
     }
 
     /// Runs one command and prints its result.
     fn run(&mut self, cmd: &Cmd) -> Exit {
-        match self.execute(cmd) {
+        if let Cmd::Put { value, .. } | Cmd::Append { value, .. } = cmd {
+            if self.reads_stdin(value) && self.stdin_value.is_none() {
+                let mut data = Vec::new();
+                if let Err(e) = io::stdin().read_to_end(&mut data) {
+                    self.print_error(&format!("reading the value from stdin: {e}"), None, false);
+                    return Exit::Error;
+                }
+                self.stdin_value = Some(data);
+            }
+        }
+        let mut result = self.execute(cmd);
+        if let Err(e) = &result {
+            self.note_failure(e);
+            // The connection broke under a read (the server restarted or closed it just
+            // before): a read has no effect, so it is tried once more on a new connection.
+            // A write is not: it may have been applied.
+            let broken = matches!(e, ClientError::Closed | ClientError::Io(_) | ClientError::Broken);
+            if broken && cmd.is_read() && self.args.coordinator.is_none() {
+                result = self.execute(cmd);
+                if let Err(e) = &result {
+                    self.note_failure(e);
+                }
+            }
+        }
+        match result {
             Ok(exit) => exit,
             Err(e) => {
-                self.note_failure(&e);
-                if self.args.json {
-                    println!("{}", json!({ "error": e.to_string() }));
+                // A write sent and not answered may or may not have been applied.
+                let unknown = cmd.is_write() && e.outcome() == Outcome::Unknown;
+                let message = if unknown && !matches!(e, ClientError::Unknown { .. }) {
+                    format!("outcome unknown, the write may or may not have been applied: {e}")
                 } else {
-                    eprintln!("error: {e}");
-                }
+                    e.to_string()
+                };
+                self.print_error(&message, error_status(&e), unknown);
                 Exit::Error
             }
+        }
+    }
+
+    /// One error line: on stderr, or with --json an object on stdout with the server's status
+    /// when it gave one, and `"outcome":"unknown"` for a write that may have been applied.
+    fn print_error(&self, message: &str, status: Option<String>, unknown: bool) {
+        if self.args.json {
+            let mut obj = json!({ "error": message });
+            if let Some(status) = status {
+                obj["status"] = json!(status);
+            }
+            if unknown {
+                obj["outcome"] = json!("unknown");
+            }
+            println!("{obj}");
+            let _ = io::stdout().flush();
+        } else {
+            eprintln!("error: {message}");
         }
     }
 
@@ -392,7 +480,11 @@ impl Cli {
             Cmd::Status => return self.status(),
             _ => {}
         }
-        let (json, raw) = (self.args.json, self.args.raw);
+        let (json, raw, escaped) = (self.args.json, self.args.raw, self.stdout_tty);
+        let value = match cmd {
+            Cmd::Put { value, .. } | Cmd::Append { value, .. } => self.value_arg(value),
+            _ => Vec::new(),
+        };
         let client = self.connect()?;
         let mut stdout = io::stdout().lock();
         let exit = match cmd {
@@ -405,8 +497,12 @@ impl Cli {
                         let _ = writeln!(stdout, "{obj}");
                     } else if raw {
                         let _ = stdout.write_all(&v.data);
-                    } else {
+                    } else if escaped {
                         let _ = writeln!(stdout, "{}", escape(&v.data));
+                    } else {
+                        // Not a terminal: the bytes as stored, as redis-cli does.
+                        let _ = stdout.write_all(&v.data);
+                        let _ = stdout.write_all(b"\n");
                     }
                     Exit::Ok
                 }
@@ -419,12 +515,11 @@ impl Cli {
                     Exit::NotFound
                 }
             },
-            Cmd::Put { key, value } | Cmd::Append { key, value } => {
-                let data = Cli::value_arg(value).map_err(ClientError::Io)?;
+            Cmd::Put { key, .. } | Cmd::Append { key, .. } => {
                 let version = if matches!(cmd, Cmd::Put { .. }) {
-                    client.put(&bytes(key), &data)?
+                    client.put(&bytes(key), &value)?
                 } else {
-                    client.append(&bytes(key), &data)?
+                    client.append(&bytes(key), &value)?
                 };
                 if json {
                     let _ = writeln!(stdout, "{}", json!({ "status": "OK", "version": version }));
@@ -434,15 +529,17 @@ impl Cli {
                 Exit::Ok
             }
             Cmd::Del { key } => {
-                let existed = client.delete(&bytes(key))?;
+                let deleted = client.delete_if(&bytes(key), 0)?;
                 if json {
-                    let _ = writeln!(stdout, "{}", json!({ "deleted": existed }));
-                } else if existed {
-                    let _ = writeln!(stdout, "OK");
+                    let version = deleted.unwrap_or(0);
+                    let _ =
+                        writeln!(stdout, "{}", json!({ "deleted": deleted.is_some(), "version": version }));
+                } else if let Some(version) = deleted {
+                    let _ = writeln!(stdout, "OK (version {version})");
                 } else {
                     eprintln!("(not found)");
                 }
-                if existed {
+                if deleted.is_some() {
                     Exit::Ok
                 } else {
                     Exit::NotFound
@@ -621,7 +718,7 @@ impl Cli {
         let (mut sent, mut ok, mut errors) = (0u64, 0u64, 0u64);
         let mut report_bad = |n: usize, why: &str| {
             bad_lines += 1;
-            if bad_lines <= 10 {
+            if bad_lines <= PIPE_SHOWN {
                 eprintln!("line {n}: {why}");
             }
         };
@@ -629,20 +726,13 @@ impl Cli {
             if lines.is_empty() {
                 return Ok(());
             }
-            let ops: Vec<Op<'_>> = lines
-                .iter()
-                .map(|(_, w)| match w[0].as_slice() {
-                    b"del" | b"delete" => Op::Delete(&w[1]),
-                    b"append" => Op::Append(&w[1], &w[2]),
-                    _ => Op::Put(&w[1], &w[2]),
-                })
-                .collect();
+            let ops: Vec<Op<'_>> = lines.iter().map(|(_, w)| pipe_op(w)).collect();
             let replies = cli.connect()?.pipeline(&ops)?;
             sent += replies.len() as u64;
             for ((n, _), reply) in lines.iter().zip(&replies) {
                 if reply.status.is_error() {
                     errors += 1;
-                    if errors <= 10 {
+                    if errors <= PIPE_SHOWN {
                         eprintln!("line {n}: {} {}", reply.status, String::from_utf8_lossy(&reply.value));
                     }
                 } else {
@@ -652,13 +742,15 @@ impl Cli {
             lines.clear();
             Ok(())
         };
+        let (mut fatal, mut read_failed) = (None, false);
         for (i, line) in stdin.split(b'\n').enumerate() {
             let n = i + 1;
             let line = match line {
                 Ok(line) => line,
                 Err(e) => {
                     eprintln!("error: reading stdin: {e}");
-                    return Exit::Error;
+                    read_failed = true;
+                    break;
                 }
             };
             let text = String::from_utf8_lossy(&line);
@@ -685,93 +777,342 @@ impl Cli {
                 report_bad(n, "wrong number of words (quote values that contain spaces)");
                 continue;
             }
+            // One that cannot be sent (too large for a frame) is a bad line: the batch
+            // would refuse it and every line with it.
+            if let Err(e) = pipe_op(&words).check() {
+                report_bad(n, &e.to_string());
+                continue;
+            }
             lines.push((n, words));
             if lines.len() >= 1024 {
+                let first = lines[0].0;
                 if let Err(e) = flush(self, &mut lines) {
-                    eprintln!("error: {e}");
-                    return Exit::Error;
+                    fatal = Some(format!("{e} (lines from {first} on may or may not have been written)"));
+                    break;
                 }
             }
         }
-        if let Err(e) = flush(self, &mut lines) {
+        // The last lines (also those read before stdin failed), unless a batch failed.
+        if fatal.is_none() {
+            let first = lines.first().map_or(0, |(n, _)| *n);
+            if let Err(e) = flush(self, &mut lines) {
+                fatal = Some(format!("{e} (lines from {first} on may or may not have been written)"));
+            }
+        }
+        for (count, what) in [(bad_lines, "bad lines"), (errors, "errors")] {
+            if count > PIPE_SHOWN {
+                eprintln!("({} more {what} not shown)", count - PIPE_SHOWN);
+            }
+        }
+        if let Some(e) = &fatal {
             eprintln!("error: {e}");
-            return Exit::Error;
         }
         if self.args.json {
             println!("{}", json!({ "sent": sent, "ok": ok, "errors": errors, "bad_lines": bad_lines }));
         } else {
             println!("sent {sent}, ok {ok}, errors {errors}, bad lines {bad_lines}");
         }
-        if errors > 0 || bad_lines > 0 {
+        if errors > 0 || bad_lines > 0 || fatal.is_some() || read_failed {
             Exit::Error
         } else {
             Exit::Ok
         }
     }
 
+    /// Without a command: the prompt on a terminal, else the commands stdin holds.
     fn interactive(&mut self) -> Exit {
-        let mut editor = match rustyline::DefaultEditor::new() {
+        self.repl = true;
+        if io::stdin().is_terminal() {
+            self.prompt_loop()
+        } else {
+            self.stdin_commands()
+        }
+    }
+
+    /// Commands read from stdin (not a terminal), one per line: one result per line (with
+    /// --json one object, errors included), no history, the worst outcome as exit code.
+    fn stdin_commands(&mut self) -> Exit {
+        let mut worst = Exit::Ok;
+        for line in io::stdin().lock().split(b'\n') {
+            let step = match line {
+                Ok(line) => match std::str::from_utf8(&line) {
+                    Ok(text) => self.repl_line(text),
+                    Err(_) => Step::Ran(
+                        self.usage_error("the line is not UTF-8 (write bytes as \\xHH in double quotes)"),
+                    ),
+                },
+                Err(e) => {
+                    eprintln!("error: reading stdin: {e}");
+                    return Exit::Error;
+                }
+            };
+            match step {
+                Step::Quit => break,
+                Step::Skip => {}
+                Step::Ran(exit) => worst = worst.max(exit),
+            }
+        }
+        worst
+    }
+
+    /// The interactive prompt, with history, completion and hints; the prompt says when the
+    /// connection is known to be down.
+    fn prompt_loop(&mut self) -> Exit {
+        let mut editor = match rustyline::Editor::<ReplHelper, rustyline::history::DefaultHistory>::new() {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("error: cannot start the prompt: {e}");
                 return Exit::Error;
             }
         };
+        editor.set_helper(Some(ReplHelper));
         let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tandem_cli_history"));
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
-        let prompt = format!("tandem {}> ", self.args.coordinator.as_deref().unwrap_or(&self.args.server));
+        // Connect now, so the first prompt tells the truth.
+        if let Err(e) = self.connect() {
+            self.note_failure(&e);
+            eprintln!("not connected: {e} (the next command tries again)");
+        }
+        let target = self.args.coordinator.clone().unwrap_or_else(|| self.args.server.clone());
         let mut last = Exit::Ok;
         loop {
-            let line = match editor.readline(&prompt) {
+            let connected = !self.reconnect && self.client.as_mut().is_some_and(Client::is_connected);
+            let line = match editor.readline(&prompt(&target, connected)) {
                 Ok(line) => line,
                 Err(rustyline::error::ReadlineError::Interrupted) => continue,
-                Err(_) => break, // EOF (Ctrl-D) or a closed terminal
+                Err(rustyline::error::ReadlineError::Eof) => break,
+                Err(e) => {
+                    eprintln!("error: reading the prompt: {e}");
+                    last = Exit::Error;
+                    break;
+                }
             };
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
+            if !line.trim().is_empty() {
+                let _ = editor.add_history_entry(line.trim());
             }
-            let _ = editor.add_history_entry(line);
-            let words = match split_words(line) {
-                Ok(w) => w,
-                Err(why) => {
-                    eprintln!("error: {why}");
-                    continue;
-                }
-            };
-            let os = |w: &Vec<u8>| -> OsString {
-                use std::os::unix::ffi::OsStringExt;
-                OsString::from_vec(w.clone())
-            };
-            let cmd = match (words[0].to_ascii_lowercase().as_slice(), words.len()) {
-                (b"quit" | b"exit", _) => break,
-                (b"help" | b"?", _) => {
-                    println!("{INTERACTIVE_HELP}");
-                    continue;
-                }
-                (b"get", 2) => Cmd::Get { key: os(&words[1]) },
-                (b"put" | b"set", 3) => Cmd::Put { key: os(&words[1]), value: os(&words[2]) },
-                (b"del" | b"delete", 2) => Cmd::Del { key: os(&words[1]) },
-                (b"append", 3) => Cmd::Append { key: os(&words[1]), value: os(&words[2]) },
-                (b"ping", 1) => Cmd::Ping,
-                (b"stats", 1) => Cmd::Stats,
-                (b"view", 1) => Cmd::View,
-                (b"status", 1) => Cmd::Status,
-                _ => {
-                    eprintln!("error: unknown command or wrong number of arguments (type `help`)");
-                    continue;
-                }
-            };
-            last = self.run(&cmd);
+            match self.repl_line(&line) {
+                Step::Quit => break,
+                Step::Skip => {}
+                Step::Ran(exit) => last = exit,
+            }
         }
         if let Some(path) = &history {
             let _ = editor.save_history(path);
         }
         last
     }
+
+    /// Executes one line typed at the prompt or read from stdin.
+    fn repl_line(&mut self, line: &str) -> Step {
+        let line = line.trim();
+        if line.is_empty() {
+            return Step::Skip;
+        }
+        let parsed = split_marked_words(line).and_then(|words| parse_repl(&words));
+        match parsed {
+            Ok(ReplAction::Quit) => Step::Quit,
+            Ok(ReplAction::Help) => {
+                if self.args.json {
+                    println!("{}", json!({ "help": INTERACTIVE_HELP }));
+                } else {
+                    println!("{INTERACTIVE_HELP}");
+                }
+                let _ = io::stdout().flush();
+                Step::Ran(Exit::Ok)
+            }
+            Ok(ReplAction::Run(cmd)) => Step::Ran(self.run(&cmd)),
+            Err(why) => Step::Ran(self.usage_error(&why)),
+        }
+    }
+
+    /// A line that is not a command: said like any other error, and an error outcome.
+    fn usage_error(&self, why: &str) -> Exit {
+        self.print_error(why, None, false);
+        Exit::Error
+    }
 }
+
+/// Most bad lines, and most refused lines, `--pipe` names one by one on stderr.
+const PIPE_SHOWN: u64 = 10;
+
+/// The op of a checked `--pipe` line.
+fn pipe_op(words: &[Vec<u8>]) -> Op<'_> {
+    match words[0].as_slice() {
+        b"del" | b"delete" => Op::Delete(&words[1]),
+        b"append" => Op::Append(&words[1], &words[2]),
+        _ => Op::Put(&words[1], &words[2]),
+    }
+}
+
+/// What one line at the prompt (or from stdin) came to.
+enum Step {
+    /// `quit`, `exit`.
+    Quit,
+    /// An empty line.
+    Skip,
+    /// Something was done, with this outcome.
+    Ran(Exit),
+}
+
+/// What a line at the prompt asks for.
+#[derive(Debug)]
+enum ReplAction {
+    Quit,
+    Help,
+    Run(Cmd),
+}
+
+/// The commands at the prompt and their arguments, for parsing, Tab completion and hints.
+const REPL_COMMANDS: &[(&str, &[&str])] = &[
+    ("get", &["KEY"]),
+    ("put", &["KEY", "VALUE"]),
+    ("set", &["KEY", "VALUE"]),
+    ("del", &["KEY"]),
+    ("delete", &["KEY"]),
+    ("append", &["KEY", "VALUE"]),
+    ("ping", &[]),
+    ("stats", &[]),
+    ("view", &[]),
+    ("status", &[]),
+    ("help", &[]),
+    ("quit", &[]),
+    ("exit", &[]),
+];
+
+/// Parses the words of a line typed at the prompt (each with whether it was quoted).
+fn parse_repl(words: &[(Vec<u8>, bool)]) -> Result<ReplAction, String> {
+    let os = |i: usize| -> OsString {
+        use std::os::unix::ffi::OsStringExt;
+        OsString::from_vec(words[i].0.clone())
+    };
+    let Some((name, _)) = words.first() else { return Err("empty line".into()) };
+    let name = name.to_ascii_lowercase();
+    let takes_value = matches!(name.as_slice(), b"put" | b"set" | b"append");
+    if takes_value && words.len() == 3 && words[2] == (b"-".to_vec(), false) {
+        return Err("`-` reads the value from stdin only on the command line (`tandem-cli put KEY -`); \
+                    here, type the value (a literal dash: '-')"
+            .into());
+    }
+    Ok(match (name.as_slice(), words.len()) {
+        (b"quit" | b"exit", _) => ReplAction::Quit,
+        (b"help" | b"?", _) => ReplAction::Help,
+        (b"get", 2) => ReplAction::Run(Cmd::Get { key: os(1) }),
+        (b"put" | b"set", 3) => ReplAction::Run(Cmd::Put { key: os(1), value: os(2) }),
+        (b"del" | b"delete", 2) => ReplAction::Run(Cmd::Del { key: os(1) }),
+        (b"append", 3) => ReplAction::Run(Cmd::Append { key: os(1), value: os(2) }),
+        (b"ping", 1) => ReplAction::Run(Cmd::Ping),
+        (b"stats", 1) => ReplAction::Run(Cmd::Stats),
+        (b"view", 1) => ReplAction::Run(Cmd::View),
+        (b"status", 1) => ReplAction::Run(Cmd::Status),
+        _ => {
+            let usage = REPL_COMMANDS.iter().find(|(n, _)| n.as_bytes() == name.as_slice());
+            return Err(match usage {
+                Some((n, args)) => format!("usage: {}", [&[*n], *args].concat().join(" ")),
+                None => "unknown command (type `help`)".into(),
+            });
+        }
+    })
+}
+
+/// The prompt: the address, and whether the connection is known to be down.
+fn prompt(target: &str, connected: bool) -> String {
+    if connected {
+        format!("tandem {target}> ")
+    } else {
+        format!("tandem {target} (disconnected)> ")
+    }
+}
+
+/// The command names that complete the word under the cursor, if it is the first word, and
+/// where that word starts.
+fn complete_command(line: &str, pos: usize) -> (usize, Vec<String>) {
+    let before = &line[..pos];
+    let start = before.len() - before.trim_start().len();
+    let word = &before[start..];
+    if word.contains(char::is_whitespace) {
+        return (pos, Vec::new());
+    }
+    let word = word.to_ascii_lowercase();
+    let names =
+        REPL_COMMANDS.iter().filter(|(name, _)| name.starts_with(&word)).map(|(name, _)| format!("{name} "));
+    (start, names.collect())
+}
+
+/// The hint shown after the cursor at the end of the line: the arguments still to type, or
+/// the rest of the only command name that begins what was typed. `true`: the hint is text
+/// that the right arrow may insert (a command name), not a placeholder.
+fn hint_for(line: &str, pos: usize) -> Option<(String, bool)> {
+    if pos < line.len() {
+        return None;
+    }
+    let words = split_words(line).ok()?;
+    let first = String::from_utf8_lossy(words.first()?).to_ascii_lowercase();
+    let ended = line.ends_with(char::is_whitespace);
+    let known = REPL_COMMANDS.iter().find(|(name, _)| *name == first);
+    let Some((_, args)) = known else {
+        if words.len() > 1 || ended {
+            return None;
+        }
+        let mut matching = REPL_COMMANDS.iter().filter(|(name, _)| name.starts_with(&first));
+        let (name, _) = matching.next()?;
+        return matching.next().is_none().then(|| (name[first.len()..].to_string(), true));
+    };
+    let rest = args.get(words.len() - 1..).filter(|rest| !rest.is_empty())?.join(" ");
+    Some((if ended { rest } else { format!(" {rest}") }, false))
+}
+
+/// A hint at the prompt.
+struct ReplHint {
+    text: String,
+    insertable: bool,
+}
+
+impl rustyline::hint::Hint for ReplHint {
+    fn display(&self) -> &str {
+        &self.text
+    }
+
+    fn completion(&self) -> Option<&str> {
+        self.insertable.then_some(self.text.as_str())
+    }
+}
+
+/// Tab completion of command names and hints of their arguments at the prompt.
+struct ReplHelper;
+
+impl rustyline::completion::Completer for ReplHelper {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(complete_command(line, pos))
+    }
+}
+
+impl rustyline::hint::Hinter for ReplHelper {
+    type Hint = ReplHint;
+
+    fn hint(&self, line: &str, pos: usize, _ctx: &rustyline::Context<'_>) -> Option<ReplHint> {
+        hint_for(line, pos).map(|(text, insertable)| ReplHint { text, insertable })
+    }
+}
+
+impl rustyline::highlight::Highlighter for ReplHelper {
+    fn highlight_hint<'h>(&self, hint: &'h str) -> std::borrow::Cow<'h, str> {
+        // Dim, so that it does not look typed.
+        std::borrow::Cow::Owned(format!("\x1b[2m{hint}\x1b[0m"))
+    }
+}
+
+impl rustyline::validate::Validator for ReplHelper {}
+
+impl rustyline::Helper for ReplHelper {}
 
 const INTERACTIVE_HELP: &str = "\
 commands:
@@ -785,7 +1126,29 @@ commands:
   status               print the --server's own role, view and log position
   help                 this text
   quit                 leave (or Ctrl-D)
-Quote words with spaces: put greeting \"hello world\"; escapes in double quotes: \\n \\t \\xHH";
+Quote words with spaces: put greeting \"hello world\"; escapes in double quotes: \\n \\t \\xHH.
+`-` is not stdin here: type the value (a literal dash: '-'). Tab completes command names.";
+
+impl Cmd {
+    /// Whether it only reads (so it can be tried again without any risk).
+    fn is_read(&self) -> bool {
+        matches!(self, Cmd::Get { .. } | Cmd::Ping | Cmd::Stats)
+    }
+
+    /// Whether it writes (so a failure after sending it leaves its outcome unknown).
+    fn is_write(&self) -> bool {
+        matches!(self, Cmd::Put { .. } | Cmd::Append { .. } | Cmd::Del { .. })
+    }
+}
+
+/// The name of the status a server refused a request with, if it did.
+fn error_status(e: &ClientError) -> Option<String> {
+    match e {
+        ClientError::Server { status, .. } => Some(status.to_string()),
+        ClientError::Conflict { .. } => Some(wire::Status::CONFLICT.to_string()),
+        _ => None,
+    }
+}
 
 /// Every address of a comma-separated list of `host:port`s.
 fn resolve_all(list: &str) -> Result<Vec<SocketAddr>, ClientError> {
@@ -1072,7 +1435,17 @@ fn main() -> ExitCode {
         Some(Cmd::Session { client_id }) => client_id,
         _ => None,
     };
-    let mut cli = Cli { args, token, client: None, reconnect: false, client_id };
+    let stdout_tty = io::stdout().is_terminal();
+    let mut cli = Cli {
+        args,
+        token,
+        client: None,
+        reconnect: false,
+        client_id,
+        repl: false,
+        stdout_tty,
+        stdin_value: None,
+    };
     let exit = if latency {
         cli.latency()
     } else if pipe {
@@ -1222,6 +1595,68 @@ mod tests {
     fn escape_keeps_text_and_shows_bytes() {
         assert_eq!(escape(b"plain text"), "plain text");
         assert_eq!(escape(b"a\0\xff\n\\"), "a\\x00\\xff\\n\\\\");
+    }
+
+    fn repl(line: &str) -> Result<ReplAction, String> {
+        split_marked_words(line).and_then(|words| parse_repl(&words))
+    }
+
+    #[test]
+    fn a_dash_at_the_prompt_is_refused_unless_quoted() {
+        for line in ["put k -", "set k -", "append k -", "PUT k -"] {
+            let err = repl(line).unwrap_err();
+            assert!(err.contains("stdin only on the command line"), "{line}: {err}");
+        }
+        for line in ["put k '-'", "put k \"-\""] {
+            match repl(line) {
+                Ok(ReplAction::Run(Cmd::Put { value, .. })) => assert_eq!(value, "-", "{line}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        assert!(matches!(repl("get -"), Ok(ReplAction::Run(Cmd::Get { .. }))), "a key may be a dash");
+        assert!(repl("frobnicate").unwrap_err().contains("unknown command"));
+        assert_eq!(repl("put k").unwrap_err(), "usage: put KEY VALUE");
+        assert!(matches!(repl("quit"), Ok(ReplAction::Quit)));
+    }
+
+    #[test]
+    fn the_prompt_says_when_it_is_disconnected() {
+        assert_eq!(prompt("127.0.0.1:7070", true), "tandem 127.0.0.1:7070> ");
+        assert_eq!(prompt("127.0.0.1:7070", false), "tandem 127.0.0.1:7070 (disconnected)> ");
+    }
+
+    #[test]
+    fn tab_completes_command_names_only() {
+        assert_eq!(complete_command("pi", 2), (0, vec!["ping ".to_string()]));
+        assert_eq!(complete_command("  AP", 4), (2, vec!["append ".to_string()]));
+        let (start, names) = complete_command("st", 2);
+        assert_eq!((start, names), (0, vec!["stats ".to_string(), "status ".to_string()]));
+        assert_eq!(complete_command("get pi", 6), (6, vec![]), "keys are not completed");
+        assert_eq!(complete_command("", 0).1.len(), REPL_COMMANDS.len());
+    }
+
+    #[test]
+    fn hints_name_the_arguments_still_to_type() {
+        let hint = |line: &str| hint_for(line, line.len());
+        assert_eq!(hint("put"), Some((" KEY VALUE".to_string(), false)));
+        assert_eq!(hint("put "), Some(("KEY VALUE".to_string(), false)));
+        assert_eq!(hint("put k"), Some((" VALUE".to_string(), false)));
+        assert_eq!(hint("put k "), Some(("VALUE".to_string(), false)));
+        assert_eq!(hint("put k v"), None);
+        assert_eq!(hint("get \"a key\" "), None);
+        assert_eq!(hint("ping"), None);
+        assert_eq!(hint("pi"), Some(("ng".to_string(), true)), "the only command it can begin");
+        assert_eq!(hint("st"), None, "stats or status");
+        assert_eq!(hint("frob "), None);
+        assert_eq!(hint_for("put", 1), None, "only at the end of the line");
+    }
+
+    #[test]
+    fn json_errors_carry_the_servers_status() {
+        let refused = ClientError::Server { status: wire::Status::BAD_REQUEST, message: "empty key".into() };
+        assert_eq!(error_status(&refused).as_deref(), Some("BAD_REQUEST"));
+        assert_eq!(error_status(&ClientError::Conflict { current: 3 }).as_deref(), Some("CONFLICT"));
+        assert_eq!(error_status(&ClientError::Closed), None);
     }
 
     #[test]

@@ -24,12 +24,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use storage::{Durability, StorageError, Store};
-use wire::{Command, Frame, Status, FRAME_LEN};
+use wire::{Command, Frame, Framing, Status, FRAME_LEN};
 
 use crate::cluster::{ClusterError, ClusterIo, Effects, Handoff, HEARTBEAT_TOKEN, PEER_TOKEN_BASE};
 use crate::config::{Config, ConfigError};
 use crate::conn::{Conn, READ_BUDGET, READ_CHUNK};
-use crate::handler::Disposition;
+use crate::handler::{Disposition, Replies};
 use crate::node::Node;
 
 const LISTENER: Token = Token(0);
@@ -141,7 +141,7 @@ pub struct Server {
     /// Where every read lands: a partial frame carried over, then one read's bytes.
     scratch_in: Vec<u8>,
     /// Where replies are encoded before going straight to a socket.
-    scratch_out: Vec<u8>,
+    scratch_out: Replies,
     /// Gates of the replies in `scratch_out`: (offset, LSN needed).
     scratch_gates: Vec<(usize, u64)>,
     node: Node,
@@ -220,7 +220,7 @@ impl Server {
             ready: Vec::new(),
             held: Vec::new(),
             scratch_in: vec![0; FRAME_LEN + READ_CHUNK],
-            scratch_out: Vec::with_capacity(READ_CHUNK),
+            scratch_out: Replies { buf: Vec::with_capacity(READ_CHUNK), framing: Framing::Fixed },
             scratch_gates: Vec::new(),
             node,
             cluster,
@@ -548,25 +548,43 @@ impl Server {
         while !conn.read_closed && !conn.is_backpressured() {
             let fill = conn.fill(&mut self.scratch_in);
             self.node.stats.bytes_in += fill.read as u64;
-            let whole = fill.filled - fill.filled % FRAME_LEN;
-            self.scratch_out.clear();
+            self.scratch_out.buf.clear();
             self.scratch_gates.clear();
-            self.node.prefetch_gets(&self.scratch_in[..whole], &conn.session);
-            let mut at = 0;
-            while at < whole {
-                let Some(bytes) = self.scratch_in[at..].first_chunk::<FRAME_LEN>() else { break };
-                at += FRAME_LEN;
-                frames += 1;
-                let sealed = self.cluster.as_ref().map(|c| c.has_key());
-                // A handshake needs AUTH first when the server has a token and the cluster no
-                // secret; with a secret, its MAC is what lets it in.
-                if sealed.is_some_and(|k| k || conn.session.authenticated) && is_repl_hello(bytes) {
-                    // A primary's handshake: the rest of this connection is replication.
-                    upgrade = Some((at - FRAME_LEN, fill.filled));
-                    break;
+            let filled = fill.filled;
+            let (mut at, mut prefetched_to) = (0, 0);
+            while at < filled {
+                if at >= prefetched_to {
+                    prefetched_to = at + self.node.prefetch(&self.scratch_in[at..filled], &conn.session);
                 }
-                let start = self.scratch_out.len();
-                let outcome = self.node.handle_frame(bytes, &mut conn.session, &mut self.scratch_out, time);
+                let start = self.scratch_out.buf.len();
+                let outcome = match conn.session.framing {
+                    Framing::Fixed => {
+                        let Some(bytes) = self.scratch_in[at..filled].first_chunk::<FRAME_LEN>() else { break };
+                        let sealed = self.cluster.as_ref().map(|c| c.has_key());
+                        // A handshake needs AUTH first when the server has a token and the
+                        // cluster no secret; with a secret, its MAC is what lets it in.
+                        if sealed.is_some_and(|k| k || conn.session.authenticated) && is_repl_hello(bytes) {
+                            // A primary's handshake: the rest of this connection is replication.
+                            upgrade = Some((at, filled));
+                            break;
+                        }
+                        at += FRAME_LEN;
+                        self.node.handle_frame(bytes, &mut conn.session, &mut self.scratch_out, time)
+                    }
+                    Framing::Compact => {
+                        let Some((outcome, used)) = self.node.handle_compact(
+                            &self.scratch_in[at..filled],
+                            &mut conn.session,
+                            &mut self.scratch_out,
+                            time,
+                        ) else {
+                            break;
+                        };
+                        at += used;
+                        outcome
+                    }
+                };
+                frames += 1;
                 if outcome.needs > 0 && outcome.needs > self.node.committed() {
                     self.scratch_gates.push((start, outcome.needs));
                 }
@@ -579,12 +597,12 @@ impl Server {
                 break;
             }
             if !conn.read_closed {
-                conn.keep_partial(&self.scratch_in[whole..fill.filled]);
+                conn.keep_partial(&self.scratch_in[at..filled]);
             }
-            if !self.scratch_out.is_empty() {
+            if !self.scratch_out.buf.is_empty() {
                 if self.scratch_gates.is_empty() {
                     let committed = self.node.committed();
-                    match conn.send(&self.scratch_out, committed) {
+                    match conn.send(&self.scratch_out.buf, committed) {
                         Ok(n) => self.node.stats.bytes_out += n as u64,
                         Err(e) => {
                             log::debug!("write to {} failed: {e}", conn.peer);
@@ -593,7 +611,7 @@ impl Server {
                         }
                     }
                 } else {
-                    conn.queue(&self.scratch_out, &self.scratch_gates);
+                    conn.queue(&self.scratch_out.buf, &self.scratch_gates);
                 }
             }
             if fill.eof {
@@ -643,8 +661,8 @@ impl Server {
         // Replies to frames before the handshake (its AUTH) go first, on the new stream.
         // (Those of this read are still in the scratch buffer.)
         let mut earlier = conn.out[conn.out_pos..].to_vec();
-        earlier.extend_from_slice(&self.scratch_out);
-        self.scratch_out.clear();
+        earlier.extend_from_slice(&self.scratch_out.buf);
+        self.scratch_out.buf.clear();
         let mut hello = Box::new([0u8; FRAME_LEN]);
         hello.copy_from_slice(&self.scratch_in[at..at + FRAME_LEN]);
         let rest = self.scratch_in[at + FRAME_LEN..end].to_vec();

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use storage::{StorageError, WriteMeta};
-use wire::{Command, DecodeError, Frame, Request, Status, FRAME_LEN};
+use wire::{Command, DecodeError, Frame, Framing, Request, Status, FRAME_LEN, HELLO_COMPACT, HELLO_FIXED};
 
 pub use crate::node::Node;
 use crate::replica::NotServing;
@@ -15,6 +15,44 @@ use crate::time::Time;
 pub struct Session {
     /// Whether the connection has presented the right token (always true without a token).
     pub authenticated: bool,
+    /// How the connection's frames are laid out, both ways; HELLO changes it from the next
+    /// frame on.
+    pub framing: Framing,
+}
+
+/// Reply frames being built for one connection, back to back, in the framing the connection
+/// spoke when each reply's request arrived.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// The encoded replies.
+    pub buf: Vec<u8>,
+    /// The framing the next reply is encoded in (the handler sets it per request).
+    pub framing: Framing,
+}
+
+impl Replies {
+    /// Appends one encoded frame. Replies are built from validated parts, so encoding cannot
+    /// fail; if it ever did, the reply is replaced by an INTERNAL error rather than dropped,
+    /// so the client's reply count stays right.
+    #[inline]
+    fn push(&mut self, frame: Frame<'_>) {
+        let encoded = match self.framing {
+            Framing::Fixed => {
+                self.buf.reserve(FRAME_LEN);
+                frame.encode_to(&mut self.buf)
+            }
+            Framing::Compact => frame.encode_compact_to(&mut self.buf),
+        };
+        if let Err(e) = encoded {
+            log::error!("could not encode reply to frame {}: {e}", frame.id);
+            let fallback =
+                Frame::reply_to(frame.id, frame.command, Status::INTERNAL, b"reply encoding failed");
+            let _ = match self.framing {
+                Framing::Fixed => fallback.encode_to(&mut self.buf),
+                Framing::Compact => fallback.encode_compact_to(&mut self.buf),
+            };
+        }
+    }
 }
 
 /// What the connection should do after a frame's reply is queued.
@@ -45,59 +83,113 @@ impl FrameOutcome {
 }
 
 impl Node {
-    /// Starts loading the records that the keyed requests among `frames` (whole frames, back
-    /// to back) will touch, so that their cache misses overlap; see
-    /// [`storage::Store::prefetch`]. GETs read the whole record; writes only look up the key
-    /// they overwrite (its record's first lines). Frames are not validated here: a damaged one
-    /// costs at most a wasted load, and is refused when it is executed.
-    pub fn prefetch_gets(&self, frames: &[u8], session: &Session) {
-        if !session.authenticated || frames.len() < 2 * FRAME_LEN {
-            return;
+    /// Starts loading the records that the keyed requests among the next few frames at the
+    /// front of `bytes` (whole frames back to back, in the session's framing) will touch, so
+    /// that their cache misses overlap; see [`storage::Store::prefetch`]. GETs read the whole
+    /// record; writes only look up the key they overwrite (its record's first lines). Frames
+    /// are not validated here: a damaged one costs at most a wasted load, and is refused when
+    /// it is executed. Returns how many bytes of `bytes` the window covered: call again when
+    /// execution gets there.
+    pub fn prefetch(&self, bytes: &[u8], session: &Session) -> usize {
+        if !session.authenticated {
+            return bytes.len();
         }
+        let (covered, count) = match session.framing {
+            Framing::Fixed => {
+                let n = (bytes.len() / FRAME_LEN).min(PREFETCH_WINDOW);
+                (n * FRAME_LEN, n)
+            }
+            Framing::Compact => {
+                compact_frames(bytes).take(PREFETCH_WINDOW).fold((0, 0), |(c, n), f| (c + f.len(), n + 1))
+            }
+        };
+        // A lone frame gains nothing from loading ahead of itself.
+        if count < 2 {
+            return covered;
+        }
+        let window = &bytes[..covered];
         for stage in [storage::Prefetch::Header, storage::Prefetch::Value] {
-            for frame in frames.chunks_exact(FRAME_LEN) {
+            let mut each = |frame: &[u8]| {
                 if let Some((key, get)) = data_key(frame) {
                     if get || stage == storage::Prefetch::Header {
                         self.store.prefetch(key, stage);
                     }
                 }
+            };
+            match session.framing {
+                Framing::Fixed => window.chunks_exact(FRAME_LEN).for_each(&mut each),
+                Framing::Compact => compact_frames(window).for_each(&mut each),
             }
         }
+        covered
     }
 
     /// A new connection's session.
     pub fn new_session(&self) -> Session {
-        Session { authenticated: self.auth_token.is_none() }
+        Session { authenticated: self.auth_token.is_none(), framing: Framing::Fixed }
     }
 
-    /// Decodes one frame, executes it and appends exactly one reply frame to `out`. `now` is
-    /// the replica's clock, for the lease check.
+    /// Decodes one fixed frame, executes it and appends exactly one reply frame to `out`.
+    /// `now` is the replica's clock, for the lease check.
     pub fn handle_frame(
         &mut self,
         bytes: &[u8; FRAME_LEN],
         session: &mut Session,
-        out: &mut Vec<u8>,
+        out: &mut Replies,
         now: Time,
     ) -> FrameOutcome {
-        let frame = match Frame::decode(bytes) {
-            Ok(frame) => frame,
+        let decoded = Frame::decode(bytes).map_err(|e| (e, header_command(bytes)));
+        self.handle(decoded, session, out, now)
+    }
+
+    /// Decodes the compact frame at the front of `buf`, executes it and appends exactly one
+    /// reply frame to `out`; returns the outcome and the bytes the frame used, or `None`
+    /// while `buf` holds less than a whole frame. After a fatal error (the frame boundary is
+    /// lost) the whole of `buf` counts as used, and the outcome says to close.
+    pub fn handle_compact(
+        &mut self,
+        buf: &[u8],
+        session: &mut Session,
+        out: &mut Replies,
+        now: Time,
+    ) -> Option<(FrameOutcome, usize)> {
+        match Frame::decode_compact(buf) {
+            Ok(None) => None,
+            Ok(Some((frame, used))) => Some((self.handle(Ok(frame), session, out, now), used)),
             Err(e) => {
-                // The checksum covered the header when the id is trusted: so is the command.
-                let command = match e.trusted_id() {
-                    Some(_) => Command(u32::from_le_bytes(
-                        bytes[wire::header::COMMAND_OFFSET..wire::header::FLAGS_OFFSET]
-                            .try_into()
-                            .unwrap_or_default(),
-                    )),
-                    None => Command(0),
+                // A non-fatal error was found after the checksum vouched for the lengths.
+                let used = match e.is_fatal_for(Framing::Compact) {
+                    true => buf.len(),
+                    false => compact_frames(buf).next().map_or(buf.len(), <[u8]>::len),
                 };
-                return FrameOutcome::now(self.refuse(&e, command, out));
+                Some((self.handle(Err((e, header_command(buf))), session, out, now), used))
             }
+        }
+    }
+
+    /// Executes one decoded frame (or answers why it did not decode: with the error, the
+    /// command its header names, believed only when the error has a trusted id).
+    fn handle(
+        &mut self,
+        decoded: Result<Frame<'_>, (DecodeError, Command)>,
+        session: &mut Session,
+        out: &mut Replies,
+        now: Time,
+    ) -> FrameOutcome {
+        out.framing = session.framing;
+        let frame = match decoded {
+            Ok(frame) => frame,
+            Err((e, command)) => return FrameOutcome::now(self.refuse(&e, command, out)),
         };
         let request = match Request::parse(&frame) {
             Ok(request) => request,
             Err(e) => return FrameOutcome::now(self.refuse(&e, frame.command, out)),
         };
+        if let Request::Hello { framing } = request {
+            // Before AUTH too: it only says how the bytes that follow are laid out.
+            self.hello(&frame, framing, session, out);
+            return FrameOutcome::now(Disposition::Continue);
+        }
         if !session.authenticated || matches!(request, Request::Auth { .. }) {
             // AUTH is checked on every connection, authenticated or not: a wrong token closes
             // the connection either way.
@@ -114,21 +206,33 @@ impl Node {
         FrameOutcome { disposition: Disposition::Continue, needs }
     }
 
+    /// HELLO: picks the framing asked for if this server knows it, fixed otherwise, and says
+    /// which in the reply (sent in the old framing); the connection's next frame uses it.
+    fn hello(&mut self, frame: &Frame<'_>, asked: u8, session: &mut Session, out: &mut Replies) {
+        self.stats.count_op(Command::HELLO);
+        let (chosen, code) = match asked {
+            HELLO_COMPACT => (Framing::Compact, HELLO_COMPACT),
+            _ => (Framing::Fixed, HELLO_FIXED),
+        };
+        out.push(Frame::reply(frame, Status::OK, &[code]));
+        session.framing = chosen;
+    }
+
     /// In a cluster, why this server may not execute a request now.
     fn refusal(&self, now: Time) -> Option<NotServing> {
         self.replica.as_ref().and_then(|r| r.can_serve(now).err())
     }
 
-    fn refuse_here(&mut self, frame: &Frame<'_>, why: NotServing, out: &mut Vec<u8>) {
+    fn refuse_here(&mut self, frame: &Frame<'_>, why: NotServing, out: &mut Replies) {
         match why {
             NotServing::NotPrimary(hint) => {
                 self.stats.wrong_server += 1;
                 let hint = hint.unwrap_or_default();
-                push(out, Frame::reply(frame, Status::WRONG_SERVER, hint.as_bytes()));
+                out.push(Frame::reply(frame, Status::WRONG_SERVER, hint.as_bytes()));
             }
             NotServing::Unavailable(reason) => {
                 self.stats.unavailable += 1;
-                push(out, Frame::reply(frame, Status::UNAVAILABLE, reason.as_bytes()));
+                out.push(Frame::reply(frame, Status::UNAVAILABLE, reason.as_bytes()));
             }
         }
     }
@@ -138,28 +242,28 @@ impl Node {
         frame: &Frame<'_>,
         request: Request<'_>,
         session: &mut Session,
-        out: &mut Vec<u8>,
+        out: &mut Replies,
     ) -> Disposition {
         self.stats.count_op(request.command());
         let Request::Auth { token } = request else {
             self.stats.auth_failures += 1;
-            push(out, Frame::reply(frame, Status::UNAUTHORIZED, b"AUTH first"));
+            out.push(Frame::reply(frame, Status::UNAUTHORIZED, b"AUTH first"));
             return Disposition::Continue;
         };
         // A server without a token accepts any: there is nothing to check.
         if self.auth_token.as_deref().is_none_or(|expected| constant_time_eq(token, expected)) {
             session.authenticated = true;
-            push(out, Frame::reply(frame, Status::OK, b""));
+            out.push(Frame::reply(frame, Status::OK, b""));
             Disposition::Continue
         } else {
             self.stats.auth_failures += 1;
-            push(out, Frame::reply(frame, Status::UNAUTHORIZED, b"wrong token"));
+            out.push(Frame::reply(frame, Status::UNAUTHORIZED, b"wrong token"));
             Disposition::Close
         }
     }
 
     /// Answers a frame that failed to decode or parse.
-    fn refuse(&mut self, e: &DecodeError, command: Command, out: &mut Vec<u8>) -> Disposition {
+    fn refuse(&mut self, e: &DecodeError, command: Command, out: &mut Replies) -> Disposition {
         self.stats.bad_frames += 1;
         log::debug!("refusing frame: {e}");
         self.text.clear();
@@ -169,8 +273,8 @@ impl Node {
             Some(id) => (id, command),
             None => (0, Command(0)),
         };
-        push(out, Frame::reply_to(id, command, e.status(), self.text.as_bytes()));
-        if e.is_fatal() {
+        out.push(Frame::reply_to(id, command, e.status(), self.text.as_bytes()));
+        if e.is_fatal_for(out.framing) {
             Disposition::Close
         } else {
             Disposition::Continue
@@ -178,20 +282,20 @@ impl Node {
     }
 
     /// Executes a request; returns the LSN its reply waits for (see [`FrameOutcome::needs`]).
-    fn execute(&mut self, frame: &Frame<'_>, request: Request<'_>, out: &mut Vec<u8>) -> u64 {
+    fn execute(&mut self, frame: &Frame<'_>, request: Request<'_>, out: &mut Replies) -> u64 {
         match request {
             Request::Ping { payload } => {
-                push(out, Frame::reply(frame, Status::OK, payload));
+                out.push(Frame::reply(frame, Status::OK, payload));
                 return 0;
             }
             Request::Get { key } => match self.store.get(key) {
                 Some(entry) => {
                     self.stats.get_hits += 1;
-                    push(out, Frame::reply(frame, Status::OK, entry.value).with_timestamp(entry.version));
+                    out.push(Frame::reply(frame, Status::OK, entry.value).with_timestamp(entry.version));
                 }
                 None => {
                     self.stats.get_misses += 1;
-                    push(out, Frame::reply(frame, Status::NOT_FOUND, b""));
+                    out.push(Frame::reply(frame, Status::NOT_FOUND, b""));
                 }
             },
             Request::Put { key, value, client_id, expected_version } => {
@@ -227,12 +331,13 @@ impl Node {
             Request::Stats => {
                 let mut text = std::mem::take(&mut self.text);
                 self.render_stats(&mut text);
-                push(out, Frame::reply(frame, Status::OK, text.as_bytes()));
+                out.push(Frame::reply(frame, Status::OK, text.as_bytes()));
                 self.text = text;
                 return 0;
             }
-            Request::Auth { .. } => {
-                push(out, Frame::reply(frame, Status::OK, b""));
+            // Both are answered before execution (see `handle`), so they never get here.
+            Request::Auth { .. } | Request::Hello { .. } => {
+                out.push(Frame::reply(frame, Status::OK, b""));
                 return 0;
             }
         }
@@ -243,14 +348,14 @@ impl Node {
     /// this server holds for that client gets that write's reply again, without being applied
     /// twice. An older request id is refused: a newer write of that client was executed, and
     /// this one's outcome cannot be told (its reply is long gone). Returns whether it answered.
-    fn answered_before(&mut self, frame: &Frame<'_>, client_id: u64, out: &mut Vec<u8>) -> bool {
+    fn answered_before(&mut self, frame: &Frame<'_>, client_id: u64, out: &mut Replies) -> bool {
         if client_id == 0 {
             return false;
         }
         let Some(entry) = self.store.client_entry(client_id) else { return false };
         if frame.id == entry.request_id {
             self.stats.retries_answered += 1;
-            push(out, Frame::reply(frame, Status::OK, b"").with_timestamp(entry.version));
+            out.push(Frame::reply(frame, Status::OK, b"").with_timestamp(entry.version));
             true
         } else if frame.id < entry.request_id {
             self.stats.stale_requests += 1;
@@ -260,7 +365,7 @@ impl Node {
                 "stale request id {}: client {client_id} already wrote request {}; the outcome of this one is unknown",
                 frame.id, entry.request_id
             );
-            push(out, Frame::reply(frame, Status::BAD_REQUEST, self.text.as_bytes()));
+            out.push(Frame::reply(frame, Status::BAD_REQUEST, self.text.as_bytes()));
             true
         } else {
             false
@@ -268,7 +373,7 @@ impl Node {
     }
 
     /// For a conditional write: answers CONFLICT and returns true if the version differs.
-    fn conflicts(&mut self, frame: &Frame<'_>, key: &[u8], expected: u64, out: &mut Vec<u8>) -> bool {
+    fn conflicts(&mut self, frame: &Frame<'_>, key: &[u8], expected: u64, out: &mut Replies) -> bool {
         if expected == 0 {
             return false;
         }
@@ -276,7 +381,7 @@ impl Node {
         if current == expected {
             return false;
         }
-        push(out, Frame::reply(frame, Status::CONFLICT, b"").with_timestamp(current));
+        out.push(Frame::reply(frame, Status::CONFLICT, b"").with_timestamp(current));
         true
     }
 
@@ -286,14 +391,14 @@ impl Node {
         &mut self,
         frame: &Frame<'_>,
         result: Result<Option<storage::Lsn>, StorageError>,
-        out: &mut Vec<u8>,
+        out: &mut Replies,
     ) {
         match result {
             Ok(Some(lsn)) => {
                 self.unsynced_writes += 1;
-                push(out, Frame::reply(frame, Status::OK, b"").with_timestamp(lsn.0));
+                out.push(Frame::reply(frame, Status::OK, b"").with_timestamp(lsn.0));
             }
-            Ok(None) => push(out, Frame::reply(frame, Status::NOT_FOUND, b"")),
+            Ok(None) => out.push(Frame::reply(frame, Status::NOT_FOUND, b"")),
             Err(e) => {
                 self.stats.storage_errors += 1;
                 let status = match e {
@@ -306,21 +411,9 @@ impl Node {
                 };
                 self.text.clear();
                 let _ = write!(self.text, "{e}");
-                push(out, Frame::reply(frame, status, self.text.as_bytes()));
+                out.push(Frame::reply(frame, status, self.text.as_bytes()));
             }
         }
-    }
-}
-
-/// Appends one encoded frame. Replies are built from validated parts, so encoding cannot
-/// fail; if it ever did, the reply is replaced by an INTERNAL error rather than dropped, so
-/// the client's reply count stays right.
-fn push(out: &mut Vec<u8>, frame: Frame<'_>) {
-    out.reserve(FRAME_LEN);
-    if let Err(e) = frame.encode_to(out) {
-        log::error!("could not encode reply to frame {}: {e}", frame.id);
-        let fallback = Frame::reply_to(frame.id, frame.command, Status::INTERNAL, b"reply encoding failed");
-        let _ = fallback.encode_to(out);
     }
 }
 
@@ -333,11 +426,41 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Frames prefetched ahead of execution at a time: a fixed-frame read chunk's worth.
+const PREFETCH_WINDOW: usize = 16;
+
+/// The little-endian u32 at `at` in a frame's header, if the bytes are there.
+#[inline]
+fn u32_field(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+}
+
+/// The command a frame's header names (meaningful only once its checksum passed).
+fn header_command(bytes: &[u8]) -> Command {
+    Command(u32_field(bytes, wire::header::COMMAND_OFFSET).unwrap_or(0))
+}
+
+/// The compact frames at the front of `bytes`, cut by their declared lengths without
+/// validating anything; stops at the first that does not fit.
+fn compact_frames(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let key_len = u32_field(bytes, wire::header::KEY_LEN_OFFSET)? as usize;
+        let value_len = u32_field(bytes, wire::header::VALUE_LEN_OFFSET)? as usize;
+        let len = wire::HEADER_LEN.checked_add(key_len)?.checked_add(value_len)?;
+        if len > FRAME_LEN || len > bytes.len() {
+            return None;
+        }
+        let (frame, rest) = bytes.split_at(len);
+        bytes = rest;
+        Some(frame)
+    })
+}
+
 /// The key of a GET, PUT, DELETE or APPEND frame, and whether it is a GET, read without
 /// validating the frame.
 #[inline]
 fn data_key(frame: &[u8]) -> Option<(&[u8], bool)> {
-    let u32_at = |at: usize| frame.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let u32_at = |at: usize| u32_field(frame, at);
     let command = Command(u32_at(wire::header::COMMAND_OFFSET)?);
     if !matches!(command, Command::GET | Command::PUT | Command::DELETE | Command::APPEND) {
         return None;
@@ -353,30 +476,18 @@ fn data_key(frame: &[u8]) -> Option<(&[u8], bool)> {
 /// Starts loading the records that the replicated writes among `frames` (compact frames, back
 /// to back, as a backup receives them) will overwrite. Stops at the first frame that does not
 /// fit; nothing is validated.
-pub fn prefetch_replicated(store: &storage::Store, mut frames: &[u8]) {
-    let u32_at =
-        |b: &[u8], at: usize| b.get(at..at + 4).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes);
-    let mut n = 0;
-    while n < 64 {
-        let (Some(command), Some(key_len), Some(value_len)) = (
-            u32_at(frames, wire::header::COMMAND_OFFSET),
-            u32_at(frames, wire::header::KEY_LEN_OFFSET),
-            u32_at(frames, wire::header::VALUE_LEN_OFFSET),
-        ) else {
-            return;
-        };
-        let (key_len, len) = (key_len as usize, wire::HEADER_LEN + key_len as usize + value_len as usize);
-        if key_len > wire::header::MAX_KEY_LEN || len > FRAME_LEN || len > frames.len() {
-            return;
+pub fn prefetch_replicated(store: &storage::Store, frames: &[u8]) {
+    for frame in compact_frames(frames).take(64) {
+        let command = header_command(frame);
+        if matches!(command, wire::cluster::REPL_PUT | wire::cluster::REPL_DELETE) {
+            let key_len = u32_field(frame, wire::header::KEY_LEN_OFFSET).unwrap_or(0) as usize;
+            if let Some(key) = frame.get(wire::header::PAYLOAD_OFFSET..wire::header::PAYLOAD_OFFSET + key_len)
+            {
+                if !key.is_empty() {
+                    store.prefetch(key, storage::Prefetch::Header);
+                }
+            }
         }
-        if matches!(Command(command), wire::cluster::REPL_PUT | wire::cluster::REPL_DELETE) && key_len > 0 {
-            store.prefetch(
-                &frames[wire::header::PAYLOAD_OFFSET..wire::header::PAYLOAD_OFFSET + key_len],
-                storage::Prefetch::Header,
-            );
-        }
-        frames = &frames[len..];
-        n += 1;
     }
 }
 

@@ -61,7 +61,7 @@ impl Log2Histogram {
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     /// Requests executed, by command (index = opcode, client range only).
-    pub ops: [u64; 8],
+    pub ops: [u64; 16],
     /// Frames refused before execution (bad checksum, sizes, flags, command, rules).
     pub bad_frames: u64,
     /// Requests refused for want of AUTH or with a wrong token.

@@ -30,6 +30,8 @@ impl Command {
     pub const STATS: Command = Command(0x06);
     /// Present the connection's token; required first when the server has one.
     pub const AUTH: Command = Command(0x07);
+    /// Negotiate how the rest of the connection is framed (see [`crate::Request::Hello`]).
+    pub const HELLO: Command = Command(0x08);
 
     /// First code of the range reserved for primary/backup replication messages.
     pub const REPLICATION_FIRST: u32 = 0x40;
@@ -39,7 +41,7 @@ impl Command {
     pub const ADMIN_FIRST: u32 = 0xC0;
 
     /// Every client command this version of the protocol defines.
-    pub const CLIENT: [Command; 7] = [
+    pub const CLIENT: [Command; 8] = [
         Command::PING,
         Command::GET,
         Command::PUT,
@@ -47,6 +49,7 @@ impl Command {
         Command::APPEND,
         Command::STATS,
         Command::AUTH,
+        Command::HELLO,
     ];
 
     /// The command's name, or `None` for a code this version does not define.
@@ -59,6 +62,7 @@ impl Command {
             Command::APPEND => "APPEND",
             Command::STATS => "STATS",
             Command::AUTH => "AUTH",
+            Command::HELLO => "HELLO",
             _ => return None,
         })
     }

@@ -70,7 +70,7 @@ pub use compact::{CompactReader, Framing};
 pub use error::{DecodeError, EncodeError};
 pub use frame::Frame;
 pub use header::{FRAME_LEN, HEADER_LEN, MAX_KEY_LEN, MAX_PAYLOAD_LEN, VERSION};
-pub use request::Request;
+pub use request::{Request, HELLO_COMPACT, HELLO_FIXED};
 pub use stream::FrameReader;
 
 /// The largest value that fits in one frame beside a key of `key_len` bytes.

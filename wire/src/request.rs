@@ -56,7 +56,20 @@ pub enum Request<'a> {
         /// Non-empty.
         token: &'a [u8],
     },
+    /// Ask for a framing for the rest of the connection: the value's first byte is
+    /// [`HELLO_FIXED`] or [`HELLO_COMPACT`] (later bytes are reserved for more options and
+    /// ignored). The reply (OK) carries the framing the server chose in its value's first
+    /// byte; from the frame after the reply on, both directions use it.
+    Hello {
+        /// The framing asked for.
+        framing: u8,
+    },
 }
+
+/// [`Request::Hello`]: keep 4096-byte fixed frames.
+pub const HELLO_FIXED: u8 = 0;
+/// [`Request::Hello`]: compact frames (header, key and value, no padding).
+pub const HELLO_COMPACT: u8 = 1;
 
 impl<'a> Request<'a> {
     /// Checks a decoded frame against its command's rules.
@@ -103,6 +116,10 @@ impl<'a> Request<'a> {
             Command::STATS => Request::Stats,
             Command::AUTH if value.is_empty() => return Err(bad("the token is empty")),
             Command::AUTH => Request::Auth { token: value },
+            Command::HELLO => match value.first() {
+                Some(&framing) => Request::Hello { framing },
+                None => return Err(bad("HELLO needs the framing asked for")),
+            },
             _ => return Err(DecodeError::UnknownCommand { id, command: command.0 }),
         })
     }
@@ -117,6 +134,7 @@ impl<'a> Request<'a> {
             Request::Append { .. } => Command::APPEND,
             Request::Stats => Command::STATS,
             Request::Auth { .. } => Command::AUTH,
+            Request::Hello { .. } => Command::HELLO,
         }
     }
 
@@ -134,9 +152,27 @@ impl<'a> Request<'a> {
             }
             Request::Stats => (&[], &[], 0, 0),
             Request::Auth { token } => (&[], token, 0, 0),
+            Request::Hello { framing } => (&[], hello_value(framing), 0, 0),
         };
         Frame { id, command: self.command(), flags: Flags::NONE, param, timestamp, key, value }
     }
+}
+
+/// Every byte value, so that [`Request::to_frame`] can stay `const` and lend a HELLO its
+/// one-byte value for any framing code, including ones this version does not know.
+static BYTES: [u8; 256] = {
+    let mut all = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        all[i] = i as u8;
+        i += 1;
+    }
+    all
+};
+
+/// The value of a HELLO asking for `framing`.
+const fn hello_value(framing: u8) -> &'static [u8] {
+    BYTES.split_at(framing as usize).1.split_at(1).0
 }
 
 #[cfg(test)]
@@ -153,6 +189,9 @@ mod tests {
             Request::Append { key: b"k", value: b"more", client_id: 0, expected_version: 0 },
             Request::Stats,
             Request::Auth { token: b"secret" },
+            Request::Hello { framing: HELLO_COMPACT },
+            Request::Hello { framing: HELLO_FIXED },
+            Request::Hello { framing: 0xEE },
         ];
         for request in requests {
             assert_eq!(Request::parse(&request.to_frame(12)), Ok(request));

@@ -58,6 +58,13 @@ impl FrameReader {
         self.end - self.start
     }
 
+    /// The bytes received and not yet handed out as frames. After a HELLO reply switches the
+    /// connection to compact framing, whatever arrived behind it is the start of the
+    /// compact stream: move these to a [`crate::CompactReader`].
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
     /// Whether a whole frame is waiting.
     pub const fn has_frame(&self) -> bool {
         self.buffered() >= FRAME_LEN

@@ -10,7 +10,8 @@ use wire::header::{
     CRC_OFFSET, CRC_START, FLAGS_OFFSET, KEY_LEN_OFFSET, TIMESTAMP_OFFSET, VALUE_LEN_OFFSET, VERSION_OFFSET,
 };
 use wire::{
-    Command, DecodeError, Flags, Frame, Framing, Request, Status, FRAME_LEN, MAX_KEY_LEN, MAX_PAYLOAD_LEN,
+    Command, DecodeError, Flags, Frame, Framing, Request, Status, FRAME_LEN, HELLO_COMPACT, MAX_KEY_LEN,
+    MAX_PAYLOAD_LEN,
 };
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors.txt");
@@ -89,6 +90,16 @@ fn cases() -> Vec<Case> {
         ),
         c("stats", "STATS", encode(Frame::request(11, Command::STATS, b"", b""))),
         c("auth", "AUTH with token \"s3cret\"", encode(Frame::request(12, Command::AUTH, b"", b"s3cret"))),
+        c(
+            "hello-compact",
+            "HELLO asking for compact framing (value byte 1)",
+            encode(Request::Hello { framing: HELLO_COMPACT }.to_frame(14)),
+        ),
+        c(
+            "reply-hello-compact",
+            "reply to HELLO id 14: OK, compact chosen; every later frame both ways is compact",
+            encode(Frame::reply_to(14, Command::HELLO, Status::OK, &[HELLO_COMPACT])),
+        ),
         c(
             "reply-ok-value",
             "reply to GET id 3: OK, version 99, value \"apple\"",

@@ -1,8 +1,8 @@
 //! A small blocking client for Tandem, for one server or for a replicated cluster.
 //!
 //! It is the one client that `tandem-cli` and the integration tests share. Every call sends
-//! one or more 4096-byte frames and waits for the replies; [`Client::pipeline`] sends many
-//! requests before reading their replies.
+//! one or more frames (4096 bytes each, unless compact framing is on: see below) and waits for
+//! the replies; [`Client::pipeline`] sends many requests before reading their replies.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -19,6 +19,28 @@
 //! may still be in flight): the client refuses further calls with [`ClientError::Broken`]
 //! until [`Client::reconnect`]. [`Client::is_connected`] tells, without sending anything,
 //! whether the server has closed the connection meanwhile (a restart, an idle timeout).
+//!
+//! # Framing
+//!
+//! Frames are fixed 4096-byte frames by default, which every server understands.
+//! [`Options::framing`] (or [`Options::with_framing`]) set to [`Framing::Compact`] makes the
+//! client send HELLO as the first frame of every connection it opens (the first, after
+//! [`Client::reconnect`], and in cluster mode each one to any server), alone, and wait for
+//! the answer before sending anything else, AUTH included. If the server agrees, requests and
+//! replies on that connection, pipelines included, are compact frames: no padding, so a small
+//! request moves tens of bytes instead of 4096. A server that predates HELLO (it answers
+//! UNKNOWN_COMMAND) or that chooses fixed framing keeps the connection fixed, and the client
+//! goes on with fixed frames without complaint. [`Client::framing`] says which framing the
+//! current connection got.
+//!
+//! ```no_run
+//! use client::{Client, Framing, Options};
+//! let options = Options::default().with_framing(Framing::Compact);
+//! let mut client = Client::connect_with("127.0.0.1:7070", options)?;
+//! client.put(b"fruit", b"apple")?;
+//! println!("talking {:?} frames", client.framing());
+//! # Ok::<(), client::ClientError>(())
+//! ```
 //!
 //! # A cluster
 //!
@@ -53,7 +75,11 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use wire::cluster::{Member, View};
-use wire::{Command, DecodeError, EncodeError, Frame, FrameReader, Request, Status, FRAME_LEN};
+pub use wire::Framing;
+use wire::{
+    Command, CompactReader, DecodeError, EncodeError, Frame, FrameReader, Request, Status, FRAME_LEN,
+    HELLO_COMPACT, HELLO_FIXED,
+};
 
 /// Everything that can go wrong talking to a server.
 #[derive(Debug)]
@@ -289,6 +315,11 @@ pub struct Options {
     /// the previous one's, e.g. the same program restarted (request ids start at the Unix
     /// time in microseconds).
     pub client_id: Option<u64>,
+    /// The framing to ask for on every connection the client opens (see the crate docs):
+    /// [`Framing::Fixed`] (the default) sends no HELLO; [`Framing::Compact`] sends HELLO
+    /// first and uses compact frames if the server agrees, fixed ones otherwise.
+    /// [`Client::framing`] tells what a connection got.
+    pub framing: Framing,
 }
 
 impl Default for Options {
@@ -299,7 +330,16 @@ impl Default for Options {
             window: 64,
             op_timeout: Duration::from_secs(5),
             client_id: None,
+            framing: Framing::Fixed,
         }
+    }
+}
+
+impl Options {
+    /// These options, asking for `framing` on every new connection ([`Options::framing`]).
+    #[must_use]
+    pub fn with_framing(self, framing: Framing) -> Options {
+        Options { framing, ..self }
     }
 }
 
@@ -363,11 +403,35 @@ fn into_result(reply: Reply) -> Result<Reply> {
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
+    /// How frames are laid out in both directions: fixed until a HELLO reply says otherwise.
+    framing: Framing,
+    /// Replies while the connection is fixed.
     reader: FrameReader,
+    /// Replies once it is compact (allocates nothing until then).
+    compact: CompactReader,
     out: Vec<u8>,
     /// Ids sent and not yet answered, oldest first.
     outstanding: VecDeque<u64>,
     broken: bool,
+}
+
+/// A reply's header fields and owned contents, taken out of the read buffer.
+struct Received {
+    id: u64,
+    command: Command,
+    is_reply: bool,
+    reply: Reply,
+}
+
+impl Received {
+    fn of(frame: &Frame<'_>) -> Received {
+        Received {
+            id: frame.id,
+            command: frame.command,
+            is_reply: frame.is_reply(),
+            reply: Reply { status: frame.status(), value: frame.value.to_vec(), version: frame.timestamp },
+        }
+    }
 }
 
 impl Conn {
@@ -377,7 +441,9 @@ impl Conn {
         let conn = Conn {
             stream,
             peer,
+            framing: Framing::Fixed,
             reader: FrameReader::with_capacity(1),
+            compact: CompactReader::new(),
             out: Vec::with_capacity(FRAME_LEN),
             outstanding: VecDeque::new(),
             broken: false,
@@ -405,6 +471,7 @@ impl Conn {
         }
         let mut byte = [0u8; 1];
         let alive = self.reader.buffered() == 0
+            && self.compact.buffered() == 0
             && self.stream.set_nonblocking(true).is_ok()
             && match self.stream.peek(&mut byte) {
                 Err(e) => matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
@@ -444,46 +511,102 @@ impl Conn {
         written.map_err(|e| self.fail(e))
     }
 
+    /// Appends `frame` to `out` in `framing`.
+    #[inline]
+    fn encode(framing: Framing, frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<()> {
+        match framing {
+            Framing::Fixed => frame.encode_to(out),
+            Framing::Compact => frame.encode_compact_to(out),
+        }
+        .map_err(ClientError::Encode)
+    }
+
     /// Sends one request.
     fn send(&mut self, request: &Request<'_>, id: u64) -> Result<()> {
         self.check()?;
         self.out.clear();
-        request.to_frame(id).encode_to(&mut self.out).map_err(ClientError::Encode)?;
+        Conn::encode(self.framing, &request.to_frame(id), &mut self.out)?;
         self.write_out()?;
         self.outstanding.push_back(id);
         Ok(())
     }
 
+    /// Reads what the socket has into `room`: `Some(count)` (0 after an interrupted read),
+    /// `None` when the server closed the connection.
+    fn fill(stream: &mut TcpStream, room: &mut [u8]) -> io::Result<Option<usize>> {
+        match stream.read(room) {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next reply frame in the connection's framing, taken out of the read buffer.
+    fn receive(&mut self) -> Result<Received> {
+        match self.framing {
+            Framing::Fixed => {
+                while !self.reader.has_frame() {
+                    match Conn::fill(&mut self.stream, self.reader.spare(FRAME_LEN)) {
+                        Ok(Some(n)) => self.reader.commit(n),
+                        Ok(None) => {
+                            self.broken = true;
+                            return Err(ClientError::Closed);
+                        }
+                        Err(e) => return Err(self.fail(e)),
+                    }
+                }
+                let Some(bytes) = self.reader.next_frame() else { return Err(ClientError::Closed) };
+                Frame::decode(bytes).map(|frame| Received::of(&frame)).map_err(|e| {
+                    self.broken = true;
+                    ClientError::Protocol(e)
+                })
+            }
+            Framing::Compact => loop {
+                let decoded = match self.compact.next_frame() {
+                    Ok(Some(frame)) => Some(Ok(Received::of(&frame))),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                };
+                match decoded {
+                    Some(Ok(received)) => return Ok(received),
+                    // A reply the client cannot read: even when the stream's boundary is
+                    // intact (not fatal for compact framing), the request it answers is lost.
+                    Some(Err(e)) => {
+                        self.broken = true;
+                        log::debug!(
+                            "bad compact reply from {} ({}): {e}",
+                            self.peer,
+                            if e.is_fatal_for(Framing::Compact) { "stream lost" } else { "frame lost" }
+                        );
+                        return Err(ClientError::Protocol(e));
+                    }
+                    None => match Conn::fill(&mut self.stream, self.compact.spare(FRAME_LEN)) {
+                        Ok(Some(n)) => self.compact.commit(n),
+                        Ok(None) => {
+                            self.broken = true;
+                            return Err(ClientError::Closed);
+                        }
+                        Err(e) => return Err(self.fail(e)),
+                    },
+                }
+            },
+        }
+    }
+
     /// Reads the reply to the oldest outstanding request.
     fn read_reply(&mut self) -> Result<Reply> {
         let expected = self.outstanding.front().copied().unwrap_or(0);
-        while !self.reader.has_frame() {
-            match self.stream.read(self.reader.spare(FRAME_LEN)) {
-                Ok(0) => {
-                    self.broken = true;
-                    return Err(ClientError::Closed);
-                }
-                Ok(n) => self.reader.commit(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.fail(e)),
-            }
-        }
-        let Some(bytes) = self.reader.next_frame() else { return Err(ClientError::Closed) };
-        let frame = match Frame::decode(bytes) {
-            Ok(frame) => frame,
-            Err(e) => {
-                self.broken = true;
-                return Err(ClientError::Protocol(e));
-            }
-        };
-        let reply = Reply { status: frame.status(), value: frame.value.to_vec(), version: frame.timestamp };
-        let untrusted = frame.id == 0 && frame.command == Command(0);
-        if !frame.is_reply() || (frame.id != expected && !untrusted) {
+        let Received { id, command, is_reply, reply } = self.receive()?;
+        let untrusted = id == 0 && command == Command(0);
+        if !is_reply || (id != expected && !untrusted) {
             self.broken = true;
-            return Err(ClientError::UnexpectedReply { expected, got: frame.id });
+            return Err(ClientError::UnexpectedReply { expected, got: id });
         }
         self.outstanding.pop_front();
-        if untrusted && reply.status == Status::BUSY {
+        // BUSY closes the connection. So does any refusal of a frame whose header could not be
+        // trusted on a compact connection: the server lost the frame boundary.
+        if untrusted && (reply.status == Status::BUSY || self.framing == Framing::Compact) {
             self.broken = true;
             return Err(ClientError::Server {
                 status: reply.status,
@@ -491,6 +614,57 @@ impl Conn {
             });
         }
         Ok(reply)
+    }
+
+    /// Asks for `wanted` with a HELLO (request id from `next_id`) if it is not the fixed
+    /// framing every connection starts in, sent alone, and switches to what the server chose
+    /// once its reply is in: the server may predate HELLO, and then anything sent behind it
+    /// in compact framing would be refused. A server that answers UNKNOWN_COMMAND (it
+    /// predates HELLO) or chooses fixed framing leaves the connection fixed.
+    ///
+    /// # Errors
+    /// Connection failures, a BUSY refusal, or a reply naming a framing this client does not
+    /// know (the connection is then unusable).
+    fn negotiate(&mut self, wanted: Framing, next_id: &mut u64) -> Result<()> {
+        let code = match wanted {
+            Framing::Fixed => return Ok(()),
+            Framing::Compact => HELLO_COMPACT,
+        };
+        let id = take(next_id);
+        self.send(&Request::Hello { framing: code }, id)?;
+        let reply = self.read_reply()?;
+        match (reply.status, reply.value.first().copied()) {
+            (Status::OK, Some(HELLO_COMPACT)) => {
+                // Whatever the server sent behind its reply is already compact.
+                self.compact.clear();
+                self.compact.push(self.reader.pending());
+                self.reader.clear();
+                self.reader.release();
+                self.framing = Framing::Compact;
+                log::debug!("{}: compact framing", self.peer);
+            }
+            (Status::OK, Some(HELLO_FIXED)) => log::debug!("{}: the server chose fixed framing", self.peer),
+            (Status::OK, _) => {
+                self.broken = true;
+                return Err(ClientError::Protocol(DecodeError::BadRequest {
+                    id,
+                    command: Command::HELLO,
+                    reason: "the HELLO reply names no framing this client knows",
+                }));
+            }
+            (Status::UNKNOWN_COMMAND, _) => {
+                log::debug!("{}: the server predates HELLO; fixed framing", self.peer);
+            }
+            (status, _) => {
+                // Only an OK switches the framing: the connection is still fixed and usable.
+                log::warn!(
+                    "{}: HELLO refused ({status}: {}); fixed framing",
+                    self.peer,
+                    String::from_utf8_lossy(&reply.value)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// One request, one reply; error statuses become `Err`.
@@ -651,6 +825,8 @@ pub struct Client {
     options: Options,
     /// `Some` in cluster mode.
     cluster: Option<Box<Cluster>>,
+    /// The framing of the connection opened most recently.
+    framing: Framing,
 }
 
 impl Client {
@@ -662,17 +838,23 @@ impl Client {
         Client::connect_with(addr, Options { connect_timeout: timeout, ..Options::default() })
     }
 
-    /// Connects to one server with explicit options.
+    /// Connects to one server with explicit options (with [`Framing::Compact`] asked for,
+    /// negotiates it before returning).
     ///
     /// # Errors
-    /// [`ClientError::Connect`] if no resolved address accepts the connection in time.
+    /// [`ClientError::Connect`] if no resolved address accepts the connection in time; with
+    /// compact framing asked for, the failures of the HELLO exchange.
     pub fn connect_with(addr: impl ToSocketAddrs + std::fmt::Display, options: Options) -> Result<Client> {
         let name = addr.to_string();
         let failed = |source| ClientError::Connect { addr: name.clone(), source };
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing");
         for peer in addr.to_socket_addrs().map_err(failed)? {
             match Conn::open(peer, options.connect_timeout, options.io_timeout) {
-                Ok(conn) => return Ok(Client::new(Some(conn), peer, options, None)),
+                Ok(conn) => {
+                    let mut client = Client::new(None, peer, options, None);
+                    client.install(conn)?;
+                    return Ok(client);
+                }
                 Err(e) => last = e,
             }
         }
@@ -712,7 +894,24 @@ impl Client {
             next_id: first_request_id(),
             options: Options { window: options.window.max(1), ..options },
             cluster,
+            framing: Framing::Fixed,
         }
+    }
+
+    /// Negotiates the framing asked for on a new connection (see [`Conn::negotiate`]) and
+    /// makes it the client's connection.
+    fn install(&mut self, mut conn: Conn) -> Result<()> {
+        conn.negotiate(self.options.framing, &mut self.next_id)?;
+        self.framing = conn.framing;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// The framing the client's connection uses: [`Framing::Compact`] only if
+    /// [`Options::framing`] asked for it and the server agreed. Without a connection (in
+    /// cluster mode between two), the framing of the last one; [`Framing::Fixed`] before any.
+    pub fn framing(&self) -> Framing {
+        self.conn.as_ref().map_or(self.framing, |c| c.framing)
     }
 
     /// The server's address; in cluster mode, the server connected to most recently (the
@@ -747,13 +946,14 @@ impl Client {
     }
 
     /// Opens a new connection, keeping the client id and the request ids going upward (so
-    /// at-most-once keeps working across it). One server: to the same address, which clears
-    /// [`ClientError::Broken`]; present the token again with [`Client::auth`] if the server
-    /// needs one. Cluster mode: to the primary of a freshly asked view (the token is
-    /// presented again by itself).
+    /// at-most-once keeps working across it), and negotiating [`Options::framing`] on it
+    /// again. One server: to the same address, which clears [`ClientError::Broken`]; present
+    /// the token again with [`Client::auth`] if the server needs one. Cluster mode: to the
+    /// primary of a freshly asked view (the token is presented again by itself).
     ///
     /// # Errors
-    /// [`ClientError::Connect`] (one server) or [`ClientError::Unavailable`] (cluster).
+    /// [`ClientError::Connect`] (one server; or the failures of the HELLO exchange) or
+    /// [`ClientError::Unavailable`] (cluster).
     pub fn reconnect(&mut self) -> Result<()> {
         self.conn = None;
         if let Some(cluster) = self.cluster.as_mut() {
@@ -762,8 +962,7 @@ impl Client {
         }
         let conn = Conn::open(self.peer, self.options.connect_timeout, self.options.io_timeout)
             .map_err(|source| ClientError::Connect { addr: self.peer.to_string(), source })?;
-        self.conn = Some(conn);
-        Ok(())
+        self.install(conn)
     }
 
     /// Presents the server's token; required first when the server has one. In cluster mode
@@ -905,7 +1104,7 @@ impl Client {
             while sent < ops.len() && conn.outstanding.len() < window {
                 let id = take(next_id);
                 let request = request_for(ops[sent], client_id);
-                request.to_frame(id).encode_to(&mut conn.out).map_err(ClientError::Encode)?;
+                Conn::encode(conn.framing, &request.to_frame(id), &mut conn.out)?;
                 conn.outstanding.push_back(id);
                 sent += 1;
             }
@@ -931,8 +1130,8 @@ impl Client {
     }
 
     /// Cluster mode: makes `self.conn` a live connection to the server the last hint names,
-    /// or else the view's primary (asking for the view when it is stale), presenting the
-    /// token on a new connection. `Err(Attempt::NotSent | Attempt::Fatal)` on failure.
+    /// or else the view's primary (asking for the view when it is stale), negotiating the
+    /// framing and then presenting the token on a new connection. `Err(Attempt::NotSent | Attempt::Fatal)` on failure.
     fn ensure_conn(&mut self, deadline: Instant) -> Result<(), Attempt> {
         let Some(cluster) = self.cluster.as_mut() else {
             return self.conn.as_ref().map_or(Err(Attempt::Fatal(ClientError::Broken)), |_| Ok(()));
@@ -961,6 +1160,8 @@ impl Client {
                     Attempt::NotSent(ClientError::Connect { addr: target.to_string(), source })
                 })?;
         self.peer = target;
+        // HELLO first (alone: the server may predate it), then AUTH in the framing chosen.
+        conn.negotiate(self.options.framing, &mut self.next_id).map_err(Attempt::NotSent)?;
         if let Some(token) = &cluster.token {
             let id = take(&mut self.next_id);
             match conn.call(&Request::Auth { token }, id) {
@@ -971,7 +1172,8 @@ impl Client {
                 Err(e) => return Err(Attempt::NotSent(e)),
             }
         }
-        log::debug!("connected to {target}");
+        log::debug!("connected to {target} ({:?} framing)", conn.framing);
+        self.framing = conn.framing;
         self.conn = Some(conn);
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use client::{Client, ClientError, Op, Options, Outcome, View};
+use client::{Client, ClientError, Framing, Op, Options, Outcome, View};
 use serde_json::{json, Value as Json};
 
 /// Command-line client for a Tandem server or cluster.
@@ -61,6 +61,19 @@ struct Args {
     /// File holding the token to AUTH with.
     #[arg(long, global = true, value_name = "FILE")]
     auth_token: Option<PathBuf>,
+
+    /// How frames are laid out on every connection: `fixed` (4096-byte frames, the
+    /// protocol's default) or `compact` (no padding: asked for with HELLO on each new
+    /// connection; a server that predates HELLO keeps fixed frames). Applies to every mode,
+    /// --coordinator included.
+    #[arg(
+        long,
+        global = true,
+        default_value = "fixed",
+        value_name = "fixed|compact",
+        value_parser = framing_arg
+    )]
+    framing: Framing,
 
     /// Run the command N times (with --latency: take N samples).
     #[arg(
@@ -163,6 +176,11 @@ Cluster: with --coordinator (or TANDEM_COORDINATOR) commands go to the primary o
 coordinator's current view; `view` prints that view, `status --server ADDR` one server's own idea
 of its role.
 
+Framing: with --framing compact every connection (in every mode, cluster included) starts with
+HELLO and then uses frames without padding if the server agrees; a server that predates HELLO
+keeps fixed frames, silently. `status --framing compact` adds a `framing:` line (with --json a
+\"framing\" field) saying which framing the connection got.
+
 Session mode, for programs: one JSON request per line on stdin, one JSON reply per line on stdout.
   $ echo '{\"op\":\"put\",\"key\":\"k\",\"value\":\"v\"}' | tandem-cli session
   {\"outcome\":\"ok\",\"value\":null,\"version\":1}
@@ -247,6 +265,23 @@ fn millis(text: &str) -> Result<Duration, String> {
         Ok(Duration::from_secs_f64(ms / 1000.0))
     } else {
         Err("must be more than 0 and at most a year".into())
+    }
+}
+
+/// A `--framing` value.
+fn framing_arg(text: &str) -> Result<Framing, String> {
+    match text.trim() {
+        "fixed" => Ok(Framing::Fixed),
+        "compact" => Ok(Framing::Compact),
+        _ => Err("expected `fixed` or `compact`".into()),
+    }
+}
+
+/// The `--framing` word for a framing.
+fn framing_name(framing: Framing) -> &'static str {
+    match framing {
+        Framing::Fixed => "fixed",
+        Framing::Compact => "compact",
     }
 }
 
@@ -359,6 +394,7 @@ impl Cli {
                             connect_timeout: attempt,
                             io_timeout: Some(attempt),
                             client_id: self.client_id,
+                            framing: self.args.framing,
                             ..Options::default()
                         };
                         let mut client = Client::connect_cluster(&resolve_all(&list)?, options)?;
@@ -383,6 +419,7 @@ impl Cli {
             connect_timeout: timeout,
             io_timeout: Some(timeout),
             client_id: self.client_id,
+            framing: self.args.framing,
             ..Options::default()
         };
         let mut client = Client::connect_with(self.args.server.as_str(), options)?;
@@ -597,7 +634,11 @@ impl Cli {
     /// `status`: what one server says about itself in its STATS.
     fn status(&mut self) -> Result<Exit, ClientError> {
         let mut client = self.connect_server()?;
-        let status = ServerStatus::from_stats(&self.args.server, &client.stats()?);
+        let mut status = ServerStatus::from_stats(&self.args.server, &client.stats()?);
+        // Asked for compact framing: say whether this server agreed.
+        if self.args.framing != Framing::Fixed {
+            status.framing = Some(client.framing());
+        }
         if self.args.json {
             println!("{}", status.json());
         } else {
@@ -1218,6 +1259,8 @@ struct ServerStatus {
     serving: bool,
     lease_left_ms: Option<u64>,
     coordinator_waiting: String,
+    /// The framing the connection got, shown only when `--framing compact` asked for one.
+    framing: Option<Framing>,
 }
 
 impl ServerStatus {
@@ -1238,12 +1281,15 @@ impl ServerStatus {
             serving: get("serving").map_or(!cluster, |v| v == "1"),
             lease_left_ms: number("lease_left_ms"),
             coordinator_waiting: get("coordinator_waiting").unwrap_or("").to_string(),
+            framing: None,
         }
     }
 
     fn json(&self) -> String {
+        let framing =
+            self.framing.map_or(String::new(), |f| format!(",\"framing\":{}", quoted(framing_name(f))));
         format!(
-            "{{\"server\":{},\"id\":{},\"role\":{},\"view\":{},\"term\":{},\"last_lsn\":{},\"committed_lsn\":{},\"serving\":{}}}",
+            "{{\"server\":{},\"id\":{},\"role\":{},\"view\":{},\"term\":{},\"last_lsn\":{},\"committed_lsn\":{},\"serving\":{}{framing}}}",
             quoted(&self.server),
             self.id.as_deref().map_or("null".to_string(), quoted),
             quoted(&self.role),
@@ -1271,6 +1317,9 @@ impl ServerStatus {
         }
         if !self.coordinator_waiting.is_empty() {
             text += &format!("coordinator_waiting: {}\n", self.coordinator_waiting);
+        }
+        if let Some(framing) = self.framing {
+            text += &format!("framing: {}\n", framing_name(framing));
         }
         text
     }
@@ -1589,6 +1638,22 @@ mod tests {
             r#"{"server":"127.0.0.1:7070","id":null,"role":"standalone","view":0,"term":0,"last_lsn":9,"committed_lsn":9,"serving":true}"#
         );
         assert!(alone.text().contains("role: standalone"));
+        assert!(!alone.text().contains("framing"), "only when --framing compact asked");
+        let asked = ServerStatus { framing: Some(Framing::Compact), ..alone };
+        assert!(asked.json().ends_with(r#","serving":true,"framing":"compact"}"#), "{}", asked.json());
+        assert!(asked.text().ends_with("serving: yes\nframing: compact\n"), "{}", asked.text());
+    }
+
+    #[test]
+    fn framing_is_fixed_unless_compact_is_asked_for() {
+        assert_eq!(Args::try_parse_from(["tandem-cli", "ping"]).unwrap().framing, Framing::Fixed);
+        let args = Args::try_parse_from(["tandem-cli", "ping", "--framing", "compact"]).unwrap();
+        assert_eq!(args.framing, Framing::Compact, "a global flag, also after the command");
+        assert_eq!(framing_arg("fixed"), Ok(Framing::Fixed));
+        for bad in ["", "Compact", "padded", "1"] {
+            assert!(framing_arg(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(framing_name(Framing::Compact), "compact");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use wire::MAX_PAYLOAD_LEN;
 
-use crate::proto::Protocol;
+use crate::proto::{Framing, Protocol};
 use crate::workload::{Cmd, KeyDist, Mix, WorkloadSpec, DEFAULT_ZIPF_THETA, KEY_LEN, MAX_KEYSPACE};
 
 /// Requests per test when neither `-n` nor `--duration` is given (as redis-benchmark).
@@ -23,8 +23,8 @@ pub const VERIFY_HEADER_LEN: usize = 16;
 // Negative numbers are read as values, so that `--duration -1` is refused as a bad value.
 #[command(name = "tandem-bench", version, about, long_about = None, allow_negative_numbers = true)]
 #[command(after_help = "Exit status: 0 when every request succeeded, 1 when any error or timeout \
-occurred during the run (open-loop requests that could not be sent are not errors), 2 for usage errors, an unreachable server, no primary from --coordinator or \
-a histogram file that could not be written, 130 when interrupted.")]
+occurred during the run (open-loop requests that could not be sent are not errors), 2 for usage errors, an unreachable server, no primary from --coordinator, \
+a server that does not agree to --framing compact or a histogram file that could not be written, 130 when interrupted.")]
 pub struct Args {
     /// The server to load, HOST:PORT.
     #[arg(short = 's', long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
@@ -42,6 +42,13 @@ pub struct Args {
     /// an echo server.
     #[arg(long, value_enum, default_value_t = Protocol::Tandem)]
     pub protocol: Protocol,
+
+    /// Tandem frames only (tandem, echo): fixed 4096-byte frames, or compact frames (header,
+    /// key and value, no padding). With compact, every connection sends a HELLO alone when it
+    /// opens and waits for the answer before its first request; a server that does not agree
+    /// (UNKNOWN_COMMAND, or it chooses fixed) stops the run before it starts (exit 2).
+    #[arg(long, value_enum, default_value_t = Framing::Fixed)]
+    pub framing: Framing,
 
     /// RESP only: follow every write (SET, APPEND) with `WAIT N 0`, so that it completes only
     /// once N replicas acknowledged it (Redis's synchronous replication, to compare with
@@ -255,6 +262,8 @@ pub struct Config {
     pub coordinator_addrs: Vec<SocketAddr>,
     /// The protocol spoken.
     pub protocol: Protocol,
+    /// How Tandem frames are laid out (`--framing`; RESP: always `fixed`, meaning nothing).
+    pub framing: Framing,
     /// RESP `--wait N`: each write is followed by `WAIT N 0` (0: no WAIT).
     pub wait: Option<u32>,
     /// The built-in baseline server, if any.
@@ -355,6 +364,11 @@ impl Config {
                 Some(list)
             }
         };
+        if args.framing == Framing::Compact && !protocol.uses_frames() {
+            return Err(usage(
+                "--framing compact lays out Tandem frames: it needs --protocol tandem or echo",
+            ));
+        }
         if args.wait.is_some() && protocol != Protocol::Resp {
             return Err(usage("--wait N sends Redis's WAIT: it needs --protocol resp"));
         }
@@ -477,6 +491,7 @@ impl Config {
             primary: None,
             coordinator_addrs,
             protocol,
+            framing: args.framing,
             wait: args.wait,
             baseline: args.baseline,
             connections: args.connections,
@@ -566,6 +581,7 @@ mod tests {
         let c = ok("tandem-bench");
         assert_eq!(c.addr, SocketAddr::from(([127, 0, 0, 1], 7070)));
         assert_eq!(c.protocol, Protocol::Tandem);
+        assert_eq!(c.framing, Framing::Fixed);
         assert_eq!((c.connections, c.pipeline, c.threads), (50, 1, 1));
         assert_eq!((c.requests, c.duration_s), (Some(100_000), None));
         assert_eq!((c.data_size, c.keyspace, c.key_dist), (100, 10_000, KeyDist::Uniform));
@@ -655,6 +671,24 @@ mod tests {
         }
         let plain = serde_json::to_value(ok("tandem-bench")).expect("serializes");
         assert!(plain["coordinator"].is_null() && plain["primary"].is_null(), "{plain}");
+    }
+
+    #[test]
+    fn compact_framing_needs_tandem_frames() {
+        let c = ok("tandem-bench --framing compact");
+        assert_eq!((c.protocol, c.framing), (Protocol::Tandem, Framing::Compact));
+        assert_eq!(serde_json::to_value(&c).expect("serializes")["framing"], "compact");
+        assert_eq!(serde_json::to_value(ok("tandem-bench")).expect("serializes")["framing"], "fixed");
+        assert_eq!(ok("tandem-bench --protocol echo --framing compact").framing, Framing::Compact);
+        assert_eq!(ok("tandem-bench --baseline echo --framing compact").framing, Framing::Compact);
+        assert_eq!(ok("tandem-bench --coordinator 127.0.0.1:9 --framing compact").framing, Framing::Compact);
+        assert_eq!(ok("tandem-bench --protocol resp --framing fixed").framing, Framing::Fixed);
+        let err = parse("tandem-bench --protocol resp --framing compact").expect_err("RESP has no frames");
+        assert!(err.contains("needs --protocol tandem or echo"), "{err}");
+        assert!(parse("tandem-bench --framing padded").is_err());
+        // The limits are those of fixed frames.
+        assert!(parse("tandem-bench --framing compact -d 4033").is_err());
+        assert_eq!(ok("tandem-bench --framing compact -d 4032").data_size, 4032);
     }
 
     #[test]

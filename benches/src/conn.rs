@@ -6,22 +6,31 @@
 //! connection's requests in order): by id for Tandem frames, by order for RESP. Nothing is
 //! allocated per request once the buffers have their working size.
 //!
+//! Tandem frames are fixed (4096 bytes) or compact (`--framing compact`). A compact
+//! connection starts fixed, as every connection does: it sends a HELLO alone when it opens
+//! and sends its first request only once the server agreed (PROTOCOL.md, "Negotiating
+//! compact framing"). Requests are then encoded compactly straight into the write buffer and
+//! replies cut out of the stream by a [`CompactReader`]; what is measured, and how, is the
+//! same as with fixed frames.
+//!
 //! Under RESP `--wait N` a write is one operation of two commands, the write and `WAIT N 0`,
 //! written back to back: it takes one `-P` slot and completes, with one latency and at most
 //! one error, when the second reply arrives.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use wire::{Frame, FrameReader, FRAME_LEN};
+use wire::{CompactReader, Frame, FrameReader, FRAME_LEN};
 
 use crate::config::VERIFY_HEADER_LEN;
-use crate::proto::{self, Outcome, Protocol};
+use crate::proto::{self, Framing, HelloRefusal, Outcome, Protocol};
 use crate::ratelimit::Schedule;
 use crate::stats::{ErrorKind, Recorder};
 use crate::workload::{write_key, Cmd, Workload, KEY_LEN};
@@ -234,9 +243,14 @@ impl RespReader {
     }
 }
 
+/// Replies as they arrive, per protocol and framing.
 #[derive(Debug)]
 enum Reader {
+    /// Fixed 4096-byte Tandem frames.
     Frames(FrameReader),
+    /// Compact Tandem frames (after the HELLO, which [`Hello`] reads).
+    Compact(CompactReader),
+    /// RESP replies.
     Resp(RespReader),
 }
 
@@ -244,6 +258,7 @@ impl Reader {
     fn clear(&mut self) {
         match self {
             Reader::Frames(r) => r.clear(),
+            Reader::Compact(r) => r.clear(),
             Reader::Resp(r) => {
                 r.start = 0;
                 r.end = 0;
@@ -252,14 +267,59 @@ impl Reader {
     }
 }
 
+/// The HELLO of a compact connection: the request, encoded once, and its reply (a fixed
+/// frame) as it arrives.
+#[derive(Debug)]
+struct Hello {
+    /// The connection's slot with sequence number 0, which no request uses.
+    id: u64,
+    /// The HELLO asking for compact framing, a fixed frame.
+    request: Box<[u8]>,
+    /// Its reply; never a byte past it (what follows is compact).
+    reply: FrameReader,
+}
+
+/// A refusal of compact framing during the run is logged once per process; each one is
+/// counted (`hello_refused`).
+static REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// No socket; reconnect at this time.
     Down { retry_at_ns: u64 },
     /// A non-blocking connect is under way since this time.
     Connecting { since_ns: u64 },
-    /// Connected.
+    /// Connected, and the HELLO asking for compact framing sent at this time; nothing else
+    /// is sent until its answer agrees.
+    Hello { since_ns: u64 },
+    /// Connected (and, for compact framing, agreed).
     Open,
+}
+
+/// Why [`Conn::connect_now`] could not open its connection.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Connecting, or exchanging the HELLO, failed or timed out.
+    Io(io::Error),
+    /// The server answered the HELLO without agreeing to compact framing.
+    Refused(HelloRefusal),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::Refused(refusal) => write!(f, "no compact framing: {refusal}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl From<io::Error> for ConnectError {
+    fn from(e: io::Error) -> ConnectError {
+        ConnectError::Io(e)
+    }
 }
 
 /// What sending stopped on.
@@ -277,6 +337,7 @@ pub struct Conn {
     pub slot: u64,
     token: Token,
     protocol: Protocol,
+    framing: Framing,
     pipeline: usize,
     state: State,
     stream: Option<TcpStream>,
@@ -285,6 +346,8 @@ pub struct Conn {
     wend: usize,
     max_request_len: usize,
     reader: Reader,
+    /// `--framing compact`: the HELLO each opening of the connection starts with.
+    hello: Option<Hello>,
     inflight: VecDeque<InFlight>,
     next_seq: u64,
     /// This phase's operations; `None` between phases.
@@ -300,12 +363,35 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection, not yet connected, with buffers for `pipeline` requests.
-    pub fn new(slot: u64, token: Token, protocol: Protocol, pipeline: usize, base_value: &[u8]) -> Conn {
-        let max_request_len = proto::max_request_len(protocol, KEY_LEN, base_value.len());
-        let reader = match protocol {
-            Protocol::Tandem | Protocol::Echo => Reader::Frames(FrameReader::with_capacity(pipeline + 1)),
-            Protocol::Resp => {
+    /// A connection, not yet connected, with buffers for `pipeline` requests. `framing`
+    /// applies to Tandem frames (RESP ignores it).
+    pub fn new(
+        slot: u64,
+        token: Token,
+        protocol: Protocol,
+        framing: Framing,
+        pipeline: usize,
+        base_value: &[u8],
+    ) -> Conn {
+        let framing = if protocol.uses_frames() { framing } else { Framing::Fixed };
+        let max_request_len = proto::max_request_len(protocol, framing, KEY_LEN, base_value.len());
+        let hello = (framing == Framing::Compact).then(|| {
+            let id = slot << 40;
+            let mut request = vec![0u8; FRAME_LEN].into_boxed_slice();
+            proto::encode_hello(id, &mut request).expect("a HELLO fits in a frame");
+            Hello { id, request, reply: FrameReader::with_capacity(1) }
+        });
+        // Room for the HELLO too, which goes out alone before any request.
+        let wbuf_len = (pipeline * max_request_len).max(if hello.is_some() { FRAME_LEN } else { 0 });
+        let reader = match (protocol, framing) {
+            (Protocol::Tandem | Protocol::Echo, Framing::Fixed) => {
+                Reader::Frames(FrameReader::with_capacity(pipeline + 1))
+            }
+            // Replies are at most a frame long, and usually far shorter.
+            (Protocol::Tandem | Protocol::Echo, Framing::Compact) => {
+                Reader::Compact(CompactReader::with_capacity((pipeline + 1) * FRAME_LEN))
+            }
+            (Protocol::Resp, _) => {
                 let size = (2 * pipeline * (base_value.len() + 64)).max(64 * 1024);
                 Reader::Resp(RespReader { buf: vec![0; size], start: 0, end: 0 })
             }
@@ -314,14 +400,16 @@ impl Conn {
             slot,
             token,
             protocol,
+            framing,
             pipeline,
             state: State::Down { retry_at_ns: 0 },
             stream: None,
-            wbuf: vec![0; pipeline * max_request_len],
+            wbuf: vec![0; wbuf_len],
             wstart: 0,
             wend: 0,
             max_request_len,
             reader,
+            hello,
             inflight: VecDeque::with_capacity(pipeline),
             next_seq: 0,
             workload: None,
@@ -350,17 +438,31 @@ impl Conn {
     }
 
     /// Connects synchronously (before the first phase, so that connecting is not measured).
+    /// With compact framing it also sends the HELLO and waits up to `timeout` for the
+    /// server's agreement.
     ///
     /// # Errors
-    /// The connect error; the connection then stays down and reconnects later.
+    /// [`ConnectError::Io`] when connecting or the HELLO fails (the connection then stays
+    /// down and reconnects later); [`ConnectError::Refused`] when the server answers the
+    /// HELLO without agreeing.
     pub fn connect_now(
         &mut self,
         registry: &Registry,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> io::Result<()> {
-        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    ) -> Result<(), ConnectError> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
+        if let Some(hello) = &self.hello {
+            // Alone, and answered, before anything else: a server from before HELLO would
+            // read compact requests behind it as broken fixed frames.
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            stream.write_all(&hello.request)?;
+            let mut reply = [0u8; FRAME_LEN];
+            stream.read_exact(&mut reply)?;
+            proto::check_hello_reply(self.protocol, hello.id, &reply).map_err(ConnectError::Refused)?;
+        }
         stream.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(stream);
         registry.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)?;
@@ -397,6 +499,23 @@ impl Conn {
         match self.state {
             State::Down { .. } => {}
             State::Connecting { .. } => self.finish_connect(ctx),
+            State::Hello { .. } => {
+                if let Err(kind) = self.flush() {
+                    self.fail(ctx, kind);
+                    return;
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    match self.read_hello() {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            log::debug!("connection {} agreed on compact framing", self.slot);
+                            self.state = State::Open;
+                            self.pump(ctx);
+                        }
+                        Err(kind) => self.fail(ctx, kind),
+                    }
+                }
+            }
             State::Open => {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     if let Err(kind) = self.read(ctx) {
@@ -467,9 +586,11 @@ impl Conn {
         let mut key = [0u8; KEY_LEN];
         write_key(&mut key, op.key);
         self.next_seq += 1;
+        // Sequence number 0 is left to the HELLO.
         let id = (self.slot << 40) | (self.next_seq & ((1 << 40) - 1));
+        let start = self.wend;
         let out = &mut self.wbuf[self.wend..];
-        match proto::encode_request(self.protocol, id, op.cmd, &key, &self.value, out) {
+        match proto::encode_request(self.protocol, self.framing, id, op.cmd, &key, &self.value, out) {
             Ok(len) => self.wend += len,
             Err(e) => {
                 // Configuration keeps keys and values within the limits; this is a bug.
@@ -485,6 +606,7 @@ impl Conn {
         }
         if measured {
             ctx.recorder.count_request();
+            ctx.recorder.count_sent(self.wend - start);
         }
         self.inflight.push_back(InFlight {
             id,
@@ -526,6 +648,7 @@ impl Conn {
         loop {
             let room = match &mut self.reader {
                 Reader::Frames(r) => r.spare(FRAME_LEN),
+                Reader::Compact(r) => r.spare(FRAME_LEN),
                 Reader::Resp(r) => r.spare(4096),
             };
             match stream.read(room) {
@@ -539,6 +662,10 @@ impl Conn {
                         Reader::Frames(r) => {
                             r.commit(n);
                             read_frames(r, &mut self.inflight, self.protocol, ctx, &self.value, now)?;
+                        }
+                        Reader::Compact(r) => {
+                            r.commit(n);
+                            read_compact(r, &mut self.inflight, self.protocol, ctx, &self.value, now)?;
                         }
                         Reader::Resp(r) => {
                             r.end += n;
@@ -554,6 +681,59 @@ impl Conn {
                     return Err(ErrorKind::Closed);
                 }
             }
+        }
+    }
+
+    /// Reads the answer to the HELLO, never a byte past it: `Ok(true)` once it is in and
+    /// agrees to compact framing, `Ok(false)` while it is incomplete.
+    fn read_hello(&mut self) -> Result<bool, ErrorKind> {
+        let (Some(stream), Some(hello)) = (self.stream.as_mut(), self.hello.as_mut()) else {
+            return Ok(false);
+        };
+        loop {
+            let want = FRAME_LEN - hello.reply.buffered();
+            match stream.read(&mut hello.reply.spare(want)[..want]) {
+                Ok(0) => {
+                    log::debug!("connection {} closed by the server before answering HELLO", self.slot);
+                    return Err(ErrorKind::Closed);
+                }
+                Ok(n) => hello.reply.commit(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("read from {} failed: {e}", self.slot);
+                    return Err(ErrorKind::Closed);
+                }
+            }
+            if let Some(reply) = hello.reply.next_frame() {
+                return match proto::check_hello_reply(self.protocol, hello.id, reply) {
+                    Ok(()) => Ok(true),
+                    Err(refusal) => {
+                        if !REFUSAL_LOGGED.swap(true, Ordering::Relaxed) {
+                            log::warn!(
+                                "connection {}: the server does not agree to compact framing: {refusal}",
+                                self.slot
+                            );
+                        }
+                        Err(refusal.error_kind())
+                    }
+                };
+            }
+        }
+    }
+
+    /// Sends the HELLO alone on a connection that just opened.
+    fn start_hello(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(hello) = self.hello.as_mut() else { return };
+        hello.reply.clear();
+        let len = hello.request.len();
+        // The connection just opened: the write buffer is empty, and holds a frame.
+        self.wbuf[..len].copy_from_slice(&hello.request);
+        self.wstart = 0;
+        self.wend = len;
+        self.state = State::Hello { since_ns: ctx.clock.now() };
+        if let Err(kind) = self.flush() {
+            self.fail(ctx, kind);
         }
     }
 
@@ -600,6 +780,12 @@ impl Conn {
                     self.fail(ctx, ErrorKind::Connect);
                 }
             }
+            State::Hello { since_ns } => {
+                if now.saturating_sub(since_ns) > timeout_ns {
+                    log::debug!("connection {}: no answer to HELLO", self.slot);
+                    self.fail(ctx, ErrorKind::Timeout);
+                }
+            }
             State::Down { retry_at_ns } if now >= retry_at_ns => self.start_connect(ctx),
             State::Down { .. } => {}
         }
@@ -611,6 +797,7 @@ impl Conn {
         match self.state {
             State::Down { .. } => self.state = State::Down { retry_at_ns: 0 },
             State::Connecting { .. } => self.state = State::Connecting { since_ns: 0 },
+            State::Hello { .. } => self.state = State::Hello { since_ns: 0 },
             State::Open => {}
         }
     }
@@ -652,6 +839,10 @@ impl Conn {
             log::warn!("TCP_NODELAY on connection {}: {e}", self.slot);
         }
         log::debug!("connection {} reconnected", self.slot);
+        if self.hello.is_some() {
+            self.start_hello(ctx);
+            return;
+        }
         self.state = State::Open;
         self.pump(ctx);
     }
@@ -696,6 +887,7 @@ fn complete(ctx: &mut Ctx<'_>, req: InFlight, outcome: Outcome<'_>, base_value: 
     }
 }
 
+/// Handles every whole fixed frame.
 fn read_frames(
     reader: &mut FrameReader,
     inflight: &mut VecDeque<InFlight>,
@@ -705,10 +897,10 @@ fn read_frames(
     now: u64,
 ) -> Result<(), ErrorKind> {
     while let Some(bytes) = reader.next_frame() {
-        let Some(&req) = inflight.front() else {
+        if inflight.is_empty() {
             log::warn!("a reply arrived with no request in flight");
             return Err(ErrorKind::Unexpected);
-        };
+        }
         let frame = match Frame::decode(bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -716,14 +908,58 @@ fn read_frames(
                 return Err(ErrorKind::Decode);
             }
         };
-        let outcome = proto::classify_frame(protocol, req.id, req.cmd, &frame);
-        if outcome == Outcome::Error(ErrorKind::IdMismatch) {
-            log::warn!("reply id {:#x} where {:#x} was expected", frame.id, req.id);
-            return Err(ErrorKind::IdMismatch);
-        }
-        inflight.pop_front();
-        complete(ctx, req, outcome, base_value, now);
+        handle_frame(&frame, FRAME_LEN, inflight, protocol, ctx, base_value, now)?;
     }
+    Ok(())
+}
+
+/// Handles every whole compact frame.
+fn read_compact(
+    reader: &mut CompactReader,
+    inflight: &mut VecDeque<InFlight>,
+    protocol: Protocol,
+    ctx: &mut Ctx<'_>,
+    base_value: &[u8],
+    now: u64,
+) -> Result<(), ErrorKind> {
+    loop {
+        let frame = match reader.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                log::warn!("undecodable reply: {e}");
+                return Err(ErrorKind::Decode);
+            }
+        };
+        let len = frame.encoded_len(wire::Framing::Compact);
+        handle_frame(&frame, len, inflight, protocol, ctx, base_value, now)?;
+    }
+}
+
+/// Matches one reply frame, `len` bytes on the wire, to the oldest request in flight.
+fn handle_frame(
+    frame: &Frame<'_>,
+    len: usize,
+    inflight: &mut VecDeque<InFlight>,
+    protocol: Protocol,
+    ctx: &mut Ctx<'_>,
+    base_value: &[u8],
+    now: u64,
+) -> Result<(), ErrorKind> {
+    let Some(&req) = inflight.front() else {
+        log::warn!("a reply arrived with no request in flight");
+        return Err(ErrorKind::Unexpected);
+    };
+    if req.measured {
+        ctx.recorder.count_received(len);
+    }
+    let outcome = proto::classify_frame(protocol, req.id, req.cmd, frame);
+    if outcome == Outcome::Error(ErrorKind::IdMismatch) {
+        log::warn!("reply id {:#x} where {:#x} was expected", frame.id, req.id);
+        return Err(ErrorKind::IdMismatch);
+    }
+    inflight.pop_front();
+    complete(ctx, req, outcome, base_value, now);
     Ok(())
 }
 
@@ -751,6 +987,9 @@ fn read_resp(
             log::warn!("a reply arrived with no request in flight");
             return Err(ErrorKind::Unexpected);
         };
+        if req.measured {
+            ctx.recorder.count_received(used);
+        }
         if req.waits && !req.write_answered {
             // The write's reply: the operation completes with the WAIT's, which follows.
             req.write_answered = true;

@@ -23,8 +23,8 @@ use rand::{Rng, SeedableRng};
 use wire::{Command, Frame, FRAME_LEN};
 
 use crate::config::{Config, TestSpec};
-use crate::conn::{Clock, Conn, Ctx, Gate, Verify};
-use crate::proto::{self, Protocol};
+use crate::conn::{Clock, Conn, ConnectError, Ctx, Gate, Verify};
+use crate::proto::{self, Framing, Protocol};
 use crate::ratelimit::Schedule;
 use crate::stats::{new_series_histogram, ErrorKind, Percentiles, PhaseStats, Recorder};
 use crate::timer::Timer;
@@ -140,6 +140,9 @@ pub enum RunEvent {
 pub enum StartError {
     /// The server cannot be reached or does not speak the protocol.
     Unreachable(String),
+    /// The server answers but does not agree to what the run asked for: compact framing
+    /// (`--framing compact`), refused or not known. Nothing was measured.
+    Refused(String),
     /// The machine refused a poll, timer or thread.
     Setup(std::io::Error),
 }
@@ -147,7 +150,7 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Unreachable(msg) => f.write_str(msg),
+            StartError::Unreachable(msg) | StartError::Refused(msg) => f.write_str(msg),
             StartError::Setup(e) => write!(f, "cannot set up the load threads: {e}"),
         }
     }
@@ -155,21 +158,46 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// The message of a server that does not agree to compact framing.
+fn refused(addr: SocketAddr, why: impl fmt::Display) -> StartError {
+    StartError::Refused(format!("server {addr} does not agree to compact framing: {why}"))
+}
+
 /// Checks that `addr` accepts a connection and answers a PING in `protocol` within
-/// [`CONNECT_TIMEOUT`], so that a wrong address fails at once with a clear message.
+/// [`CONNECT_TIMEOUT`], so that a wrong address fails at once with a clear message. With
+/// compact `framing` (Tandem frames only) it first sends a HELLO alone, and the PING goes
+/// compact once the server agreed.
 ///
 /// # Errors
-/// [`StartError::Unreachable`] saying what went wrong.
-pub fn probe(addr: SocketAddr, protocol: Protocol) -> Result<(), StartError> {
+/// [`StartError::Unreachable`] saying what went wrong; [`StartError::Refused`] when the
+/// server does not agree to compact framing.
+pub fn probe(addr: SocketAddr, protocol: Protocol, framing: Framing) -> Result<(), StartError> {
     let unreachable = |what: String| StartError::Unreachable(format!("server {addr}: {what}"));
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
     stream.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| unreachable(e.to_string()))?;
     stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+    let framing = if protocol.uses_frames() { framing } else { Framing::Fixed };
     let mut request = [0u8; FRAME_LEN];
+    if framing == Framing::Compact {
+        // Alone, and answered, before anything else (PROTOCOL.md).
+        let hello_id = 1;
+        proto::encode_hello(hello_id, &mut request)
+            .map_err(|e| unreachable(format!("cannot encode a HELLO: {e}")))?;
+        stream.write_all(&request).map_err(|e| unreachable(format!("cannot send a HELLO: {e}")))?;
+        stream.read_exact(&mut request).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => refused(addr, "it closed the connection after a HELLO"),
+            _ => refused(addr, format!("no answer to a HELLO within {} s ({e})", CONNECT_TIMEOUT.as_secs())),
+        })?;
+        proto::check_hello_reply(protocol, hello_id, &request).map_err(|why| refused(addr, why))?;
+    }
     let request_len = match protocol {
         Protocol::Tandem | Protocol::Echo => {
-            Frame::request(0, Command::PING, b"", b"tandem-bench").encode(&mut request)
+            let ping = Frame::request(0, Command::PING, b"", b"tandem-bench");
+            match framing {
+                Framing::Fixed => ping.encode(&mut request),
+                Framing::Compact => ping.encode_compact(&mut request),
+            }
         }
         Protocol::Resp => proto::encode_resp_array(&[b"PING"], &mut request)
             .ok_or(wire::EncodeError::BufferTooSmall { len: FRAME_LEN }),
@@ -192,8 +220,16 @@ pub fn probe(addr: SocketAddr, protocol: Protocol) -> Result<(), StartError> {
         }
         got += n;
         match protocol {
-            Protocol::Tandem | Protocol::Echo if got == FRAME_LEN => {
-                return match Frame::decode_slice(&reply) {
+            Protocol::Tandem | Protocol::Echo => {
+                let decoded = match framing {
+                    Framing::Fixed if got == FRAME_LEN => Some(Frame::decode_slice(&reply)),
+                    Framing::Fixed => None,
+                    Framing::Compact => {
+                        Frame::decode_compact(&reply[..got]).map(|f| f.map(|(frame, _)| frame)).transpose()
+                    }
+                };
+                let Some(decoded) = decoded else { continue };
+                return match decoded {
                     Ok(frame) if frame.id == 0 && protocol == Protocol::Tandem && !frame.is_reply() => {
                         Err(unreachable(
                             "returned the PING unchanged: an echo server? (use --protocol echo)".into(),
@@ -215,7 +251,6 @@ pub fn probe(addr: SocketAddr, protocol: Protocol) -> Result<(), StartError> {
                 }
                 Ok(None) => {}
             },
-            _ => {}
         }
     }
 }
@@ -242,16 +277,19 @@ impl Runner {
     /// Probes the server, opens every connection and starts the threads on the first phase.
     ///
     /// # Errors
-    /// [`StartError`] when the server is unreachable or the machine refuses resources.
+    /// [`StartError`] when the server is unreachable, does not agree to the framing asked
+    /// for, or the machine refuses resources.
     pub fn start(config: &Config) -> Result<Runner, StartError> {
-        probe(config.addr, config.protocol)?;
+        probe(config.addr, config.protocol, config.framing)?;
         let phases = phases(config);
         let shared = Arc::new(Shared::new(config, phases.clone()));
         let (tx, rx) = mpsc::channel();
         let barrier = Arc::new(Barrier::new(config.threads));
         let progress = Arc::new(Progress::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let mut handles = Vec::with_capacity(config.threads);
+        // Every connection is open (and has its framing) before any thread starts, so that a
+        // refusal stops the run with no thread left waiting for the others.
+        let mut workers = Vec::with_capacity(config.threads);
         for thread in 0..config.threads {
             let first = config.connections * thread / config.threads;
             let last = config.connections * (thread + 1) / config.threads;
@@ -261,7 +299,10 @@ impl Runner {
                 progress: progress.clone(),
                 stop: stop.clone(),
             };
-            let worker = Worker::new(shared.clone(), first..last, links).map_err(StartError::Setup)?;
+            workers.push(Worker::new(shared.clone(), first..last, links)?);
+        }
+        let mut handles = Vec::with_capacity(config.threads);
+        for (thread, worker) in workers.into_iter().enumerate() {
             let handle = std::thread::Builder::new()
                 .name(format!("load-{thread}"))
                 .spawn(move || worker.run())
@@ -413,21 +454,41 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(shared: Arc<Shared>, slots: std::ops::Range<usize>, links: Links) -> std::io::Result<Worker> {
+    /// Opens this thread's connections.
+    ///
+    /// # Errors
+    /// [`StartError::Setup`] when the machine refuses a poll or timer,
+    /// [`StartError::Refused`] when the server does not agree to compact framing on one of
+    /// them. A connection that cannot be opened is only counted (`connect`).
+    fn new(shared: Arc<Shared>, slots: std::ops::Range<usize>, links: Links) -> Result<Worker, StartError> {
         let config = &shared.config;
-        let poll = Poll::new()?;
-        let timer = if config.rate.is_some() { Some(Timer::new(poll.registry(), TIMER)?) } else { None };
+        let poll = Poll::new().map_err(StartError::Setup)?;
+        let timer = if config.rate.is_some() {
+            Some(Timer::new(poll.registry(), TIMER).map_err(StartError::Setup)?)
+        } else {
+            None
+        };
         let mut conns = Vec::with_capacity(slots.len());
         let mut setup_failures = 0;
         for (i, slot) in slots.clone().enumerate() {
-            let mut conn =
-                Conn::new(slot as u64, Token(i), config.protocol, config.pipeline, &shared.base_value);
+            let mut conn = Conn::new(
+                slot as u64,
+                Token(i),
+                config.protocol,
+                config.framing,
+                config.pipeline,
+                &shared.base_value,
+            );
             if let Some(replicas) = config.wait {
                 conn.set_wait(replicas);
             }
-            if let Err(e) = conn.connect_now(poll.registry(), config.addr, CONNECT_TIMEOUT) {
-                log::warn!("connection {slot} to {}: {e}", config.addr);
-                setup_failures += 1;
+            match conn.connect_now(poll.registry(), config.addr, CONNECT_TIMEOUT) {
+                Ok(()) => {}
+                Err(ConnectError::Refused(why)) => return Err(refused(config.addr, why)),
+                Err(ConnectError::Io(e)) => {
+                    log::warn!("connection {slot} to {}: {e}", config.addr);
+                    setup_failures += 1;
+                }
             }
             conns.push(conn);
         }
@@ -639,10 +700,16 @@ mod tests {
     #[test]
     fn probe_tells_an_echo_server_from_a_tandem_server() {
         let echo = crate::echo::EchoServer::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).expect("spawn");
-        assert!(probe(echo.addr(), Protocol::Echo).is_ok());
-        let err = probe(echo.addr(), Protocol::Tandem).expect_err("an echo is not a tandem server");
+        assert!(probe(echo.addr(), Protocol::Echo, Framing::Fixed).is_ok());
+        assert!(probe(echo.addr(), Protocol::Echo, Framing::Compact).is_ok(), "the echo passes HELLO on");
+        let err =
+            probe(echo.addr(), Protocol::Tandem, Framing::Fixed).expect_err("an echo is not a tandem server");
         assert!(err.to_string().contains("--protocol echo"), "{err}");
-        let err = probe(echo.addr(), Protocol::Resp).expect_err("nor a Redis");
+        let err =
+            probe(echo.addr(), Protocol::Tandem, Framing::Compact).expect_err("not with compact either");
+        assert!(matches!(err, StartError::Refused(_)), "{err}");
+        assert!(err.to_string().contains("--protocol echo"), "{err}");
+        let err = probe(echo.addr(), Protocol::Resp, Framing::Fixed).expect_err("nor a Redis");
         assert!(err.to_string().contains("RESP") || err.to_string().contains("PING"), "{err}");
     }
 
@@ -679,7 +746,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         drop(listener);
         let started = std::time::Instant::now();
-        let err = probe(addr, Protocol::Tandem).expect_err("nothing listens");
+        let err = probe(addr, Protocol::Tandem, Framing::Compact).expect_err("nothing listens");
         assert!(err.to_string().contains("cannot connect"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(1));
     }

@@ -1,6 +1,15 @@
-//! The ceiling: a bare single-threaded mio server that returns every whole 4096-byte frame
-//! it receives, unchanged. No decoding, no storage, no allocation after accept: whatever a
-//! real fixed-frame server does on top costs throughput and latency relative to this.
+//! The ceiling: a bare single-threaded mio server that returns every whole frame it
+//! receives, unchanged. No decoding, no checksums, no storage, no allocation after accept:
+//! whatever a real server does on top costs throughput and latency relative to this.
+//!
+//! Frames are 4096 bytes, until a HELLO asking for compact framing passes through: from the
+//! frame after it on, the connection's frames are compact (header, key, value) and the echo
+//! finds where each ends from the lengths in its header, as a Tandem server would (a HELLO
+//! asking for fixed frames switches back). The HELLO itself is returned unchanged; its value
+//! byte, which asked for compact, then reads as the framing chosen, so `tandem-bench
+//! --protocol echo --framing compact` measures the ceiling for compact frames. Nothing but
+//! the magic, the lengths and a HELLO's command and value byte is looked at; bad magic or
+//! impossible lengths in compact framing close the connection, as the frame boundary is lost.
 //!
 //! Per wake-up it reads all it can, then writes back every whole frame read in one write,
 //! keeping any partial frame for the next read. A connection whose write cannot finish stops
@@ -15,7 +24,8 @@ use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use wire::FRAME_LEN;
+use wire::header::{COMMAND_OFFSET, KEY_LEN_OFFSET, MAGIC, VALUE_LEN_OFFSET};
+use wire::{Command, FRAME_LEN, HEADER_LEN, HELLO_COMPACT, MAX_KEY_LEN, MAX_PAYLOAD_LEN};
 
 const LISTENER: Token = Token(usize::MAX);
 /// Frames a connection may have buffered: more than any sensible pipeline depth.
@@ -30,9 +40,60 @@ struct EchoConn {
     whole: usize,
     /// Bytes of those already written back.
     written: usize,
+    /// The frames after `whole` are compact: a HELLO asking for compact framing passed.
+    compact: bool,
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    let mut le = [0u8; 4];
+    le.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_le_bytes(le)
+}
+
+/// If `frame` (a whole frame, either framing) is a HELLO, whether it asks for compact frames.
+fn hello_asks_compact(frame: &[u8]) -> Option<bool> {
+    let is_hello = read_u32(frame, COMMAND_OFFSET) == Command::HELLO.0
+        && read_u32(frame, KEY_LEN_OFFSET) == 0
+        && read_u32(frame, VALUE_LEN_OFFSET) >= 1;
+    is_hello.then(|| frame.get(HEADER_LEN) == Some(&HELLO_COMPACT))
 }
 
 impl EchoConn {
+    /// The length of the whole frames at the front of `buf[..filled]`, following HELLOs from
+    /// fixed to compact framing and back.
+    ///
+    /// # Errors
+    /// `InvalidData` for a compact header with bad magic or impossible lengths.
+    fn whole_frames(&mut self) -> io::Result<usize> {
+        let mut at = 0;
+        loop {
+            let rest = &self.buf[at..self.filled];
+            let len = if self.compact {
+                if rest.len() < HEADER_LEN {
+                    return Ok(at);
+                }
+                let key_len = read_u32(rest, KEY_LEN_OFFSET) as usize;
+                let value_len = read_u32(rest, VALUE_LEN_OFFSET) as usize;
+                if rest[..MAGIC.len()] != MAGIC
+                    || key_len > MAX_KEY_LEN
+                    || key_len + value_len > MAX_PAYLOAD_LEN
+                {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "not a compact frame"));
+                }
+                HEADER_LEN + key_len + value_len
+            } else {
+                FRAME_LEN
+            };
+            if rest.len() < len {
+                return Ok(at);
+            }
+            if let Some(compact) = hello_asks_compact(&rest[..len]) {
+                self.compact = compact;
+            }
+            at += len;
+        }
+    }
+
     /// Moves bytes until the socket would block either way. `Ok(false)` when the peer is gone.
     fn drive(&mut self) -> io::Result<bool> {
         loop {
@@ -57,7 +118,8 @@ impl EchoConn {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.filled += n;
-                    self.whole = self.filled - self.filled % FRAME_LEN;
+                    // `whole` is 0 here: the frames before were written back and dropped.
+                    self.whole = self.whole_frames()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -111,6 +173,7 @@ pub fn serve(listener: std::net::TcpListener, stop: &AtomicBool) -> io::Result<(
                                 filled: 0,
                                 whole: 0,
                                 written: 0,
+                                compact: false,
                             });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -206,5 +269,70 @@ mod tests {
         let mut rest = vec![0u8; 2 * FRAME_LEN];
         stream.read_exact(&mut rest).expect("the other frames");
         assert_eq!(rest, frames[FRAME_LEN..]);
+    }
+
+    fn compact(frames: &[wire::Frame<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for frame in frames {
+            frame.encode_compact_to(&mut out).expect("fits");
+        }
+        out
+    }
+
+    #[test]
+    fn a_hello_switches_the_connection_to_compact_frames_and_back() {
+        use wire::{Frame, Request, HELLO_FIXED};
+        let server = EchoServer::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).expect("spawn");
+        let mut stream = StdStream::connect(server.addr()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut sent = vec![0u8; FRAME_LEN];
+        Request::Hello { framing: HELLO_COMPACT }.to_frame(1).encode(&mut sent).expect("encodes");
+        let value = [7u8; 100];
+        let small = compact(&[
+            Frame::request(2, Command::PUT, b"key", &value),
+            Frame::request(3, Command::GET, b"key", b""),
+        ]);
+        // The HELLO and the first compact frames in one write, the second cut in two.
+        sent.extend_from_slice(&small[..small.len() - 5]);
+        stream.write_all(&sent).expect("write");
+        let mut back = vec![0u8; FRAME_LEN + HEADER_LEN + 3 + 100];
+        stream.read_exact(&mut back).expect("the HELLO and the whole compact frame");
+        assert_eq!(back, sent[..FRAME_LEN + HEADER_LEN + 3 + 100]);
+        stream.write_all(&small[small.len() - 5..]).expect("write");
+        let mut last = vec![0u8; HEADER_LEN + 3];
+        stream.read_exact(&mut last).expect("the rest");
+        assert_eq!(last, small[HEADER_LEN + 3 + 100..]);
+        // A compact HELLO back to fixed: 4096-byte frames again after it.
+        let mut back_to_fixed = compact(&[Request::Hello { framing: HELLO_FIXED }.to_frame(4)]);
+        let hello_len = back_to_fixed.len();
+        let mut ping = vec![0u8; FRAME_LEN];
+        Frame::request(5, Command::PING, b"", b"").encode(&mut ping).expect("encodes");
+        back_to_fixed.extend_from_slice(&ping);
+        stream.write_all(&back_to_fixed).expect("write");
+        let mut back = vec![0u8; hello_len + FRAME_LEN];
+        stream.read_exact(&mut back).expect("the HELLO and the fixed PING");
+        assert_eq!(back, back_to_fixed);
+    }
+
+    #[test]
+    fn an_impossible_compact_length_closes_the_connection() {
+        use wire::Request;
+        let server = EchoServer::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).expect("spawn");
+        let mut stream = StdStream::connect(server.addr()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut sent = vec![0u8; FRAME_LEN];
+        Request::Hello { framing: HELLO_COMPACT }.to_frame(1).encode(&mut sent).expect("encodes");
+        let mut bad = compact(&[wire::Frame::request(2, Command::GET, b"key", b"")]);
+        bad[VALUE_LEN_OFFSET..VALUE_LEN_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        stream.write_all(&sent).expect("write");
+        let mut back = vec![0u8; FRAME_LEN];
+        stream.read_exact(&mut back).expect("the HELLO");
+        stream.write_all(&bad).expect("write");
+        let mut one = [0u8; 1];
+        match stream.read(&mut one) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("expected the connection closed, got {other:?}"),
+        }
     }
 }

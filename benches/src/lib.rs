@@ -4,8 +4,10 @@
 //! measured by the same client) or the bare echo ceiling, in closed loop (each connection
 //! keeps `-P` requests in flight) or open loop (`--rate`: requests sent on a schedule,
 //! latency counted from the intended send time). It reports HDR-histogram percentiles per
-//! command, throughput, errors by kind and a per-second series. `tandem-echo` is the
-//! ceiling: a bare mio server returning 4096-byte frames unchanged.
+//! command, throughput, errors by kind, bytes per operation each way and a per-second
+//! series. Tandem frames are fixed (4096 bytes) or compact (`--framing compact`, negotiated
+//! per connection with a HELLO). `tandem-echo` is the ceiling: a bare mio server returning
+//! frames unchanged (4096-byte ones, or compact ones after a HELLO).
 //!
 //! The measuring client is lean on purpose: one mio event loop per thread, buffers reused,
 //! every new request of a connection written in one write, every reply that arrived parsed
@@ -16,8 +18,10 @@
 //! - [`config`]: flags ([`config::Args`]) and the resolved, serialisable [`config::Config`].
 //! - [`coordinator`]: `--coordinator`: the primary, from Tandem's view service, before the run.
 //! - [`workload`]: seeded (command, key) generator: uniform, sequential, Zipfian keys; no I/O.
-//! - [`proto`]: Tandem frames (through `wire`) and RESP: encode requests, classify replies.
-//! - [`conn`]: one connection: requests in flight, write batching, reply matching, verify.
+//! - [`proto`]: Tandem frames (through `wire`) and RESP: encode requests, classify replies
+//!   and HELLO answers.
+//! - [`conn`]: one connection: its HELLO, requests in flight, write batching, reply matching,
+//!   verify.
 //! - [`driver`]: the probe, the worker threads and their mio loops, phase by phase.
 //! - [`ratelimit`]: the open-loop send schedule.
 //! - [`stats`]: histograms, error counts, per-second series; merging threads.

@@ -1,18 +1,23 @@
 //! The protocols the load tool speaks: requests encoded into caller buffers, replies parsed
 //! in place and classified as success, miss or error. No I/O here.
 //!
-//! - `tandem`: one 4096-byte [`wire::Frame`] per request and reply, matched by id.
+//! - `tandem`: one [`wire::Frame`] per request and reply, matched by id: 4096 bytes each
+//!   ([`Framing::Fixed`]), or header, key and value only ([`Framing::Compact`], negotiated
+//!   per connection with a HELLO first: [`classify_hello`]).
 //! - `echo`: Tandem frames sent to a server that returns them unchanged (the ceiling
 //!   baseline); any frame that decodes with the right id counts as success.
 //! - `resp`: Redis's protocol, `SET`/`GET`/`APPEND` as arrays of bulk strings; replies are
 //!   matched by order, as RESP has no ids. With `--wait N` every write is followed by
 //!   `WAIT N 0`, and the pair is one operation (see [`encode_wait`]).
 
+use std::fmt;
 use std::io::Write;
 
 use clap::ValueEnum;
 use serde::Serialize;
-use wire::{Command, EncodeError, Frame, Status, FRAME_LEN};
+use wire::{
+    Command, DecodeError, EncodeError, Frame, Status, FRAME_LEN, HEADER_LEN, HELLO_COMPACT, HELLO_FIXED,
+};
 
 use crate::stats::ErrorKind;
 use crate::workload::Cmd;
@@ -36,16 +41,52 @@ impl Protocol {
     }
 }
 
+/// How Tandem frames are laid out on a connection (`--framing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// Every frame is 4096 bytes, zero-padded: what every connection starts with.
+    #[default]
+    Fixed,
+    /// Header, key and value with no padding, asked for with a HELLO at connect.
+    Compact,
+}
+
+impl Framing {
+    /// The framing as the `wire` crate names it.
+    pub const fn wire(self) -> wire::Framing {
+        match self {
+            Framing::Fixed => wire::Framing::Fixed,
+            Framing::Compact => wire::Framing::Compact,
+        }
+    }
+
+    /// `fixed` or `compact`, as the flag spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Framing::Fixed => "fixed",
+            Framing::Compact => "compact",
+        }
+    }
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Bytes of RESP framing around a SET's key and value, rounded up generously.
 const RESP_OVERHEAD: usize = 64;
 /// The longest RESP bulk reply accepted; longer is treated as garbage.
 const RESP_MAX_BULK: usize = 512 * 1024 * 1024;
 
-/// The most bytes one request can take on the wire.
-pub fn max_request_len(protocol: Protocol, key_len: usize, value_len: usize) -> usize {
-    match protocol {
-        Protocol::Tandem | Protocol::Echo => FRAME_LEN,
-        Protocol::Resp => RESP_OVERHEAD + key_len + value_len,
+/// The most bytes one request can take on the wire (`framing` applies to Tandem frames).
+pub fn max_request_len(protocol: Protocol, framing: Framing, key_len: usize, value_len: usize) -> usize {
+    match (protocol, framing) {
+        (Protocol::Tandem | Protocol::Echo, Framing::Fixed) => FRAME_LEN,
+        (Protocol::Tandem | Protocol::Echo, Framing::Compact) => HEADER_LEN + key_len + value_len,
+        (Protocol::Resp, _) => RESP_OVERHEAD + key_len + value_len,
     }
 }
 
@@ -79,12 +120,13 @@ pub fn encode_wait(replicas: u32, out: &mut [u8]) -> Option<usize> {
 pub const RESP_WAIT_MAX_LEN: usize = 40;
 
 /// Encodes one request into the front of `out` and returns its length. `value` is ignored
-/// for GET; `id` is ignored by RESP.
+/// for GET; `id` and `framing` are ignored by RESP.
 ///
 /// # Errors
 /// When `out` is too short or the key and value break the frame's limits.
 pub fn encode_request(
     protocol: Protocol,
+    framing: Framing,
     id: u64,
     cmd: Cmd,
     key: &[u8],
@@ -93,7 +135,13 @@ pub fn encode_request(
 ) -> Result<usize, EncodeError> {
     let value = if cmd.carries_value() { value } else { &[] };
     match protocol {
-        Protocol::Tandem | Protocol::Echo => Frame::request(id, command_of(cmd), key, value).encode(out),
+        Protocol::Tandem | Protocol::Echo => {
+            let frame = Frame::request(id, command_of(cmd), key, value);
+            match framing {
+                Framing::Fixed => frame.encode(out),
+                Framing::Compact => frame.encode_compact(out),
+            }
+        }
         Protocol::Resp => {
             let name: &[u8] = match cmd {
                 Cmd::Put => b"SET",
@@ -248,6 +296,108 @@ pub fn classify_frame<'a>(protocol: Protocol, id: u64, cmd: Cmd, reply: &Frame<'
     }
 }
 
+/// The HELLO asking for compact framing, as a fixed frame (every connection starts fixed).
+///
+/// # Errors
+/// Only when `out` is shorter than [`FRAME_LEN`].
+pub fn encode_hello(id: u64, out: &mut [u8]) -> Result<usize, EncodeError> {
+    wire::Request::Hello { framing: HELLO_COMPACT }.to_frame(id).encode(out)
+}
+
+/// Why a server did not agree to compact framing when asked with a HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloRefusal {
+    /// It answered UNKNOWN_COMMAND: a server from before HELLO.
+    UnknownCommand,
+    /// It answered OK but chose another framing: this byte ([`HELLO_FIXED`], or one this
+    /// tool does not know).
+    Chose(u8),
+    /// It answered with another error status (BUSY at its connection limit, ...).
+    Status(Status),
+    /// It returned the HELLO itself, not a reply: an echo server, loaded as `tandem`.
+    Unchanged,
+    /// Its answer is not a reply to this HELLO (another id or command, no value).
+    NotAnAnswer,
+    /// Its answer is not a frame.
+    Undecodable(DecodeError),
+}
+
+impl HelloRefusal {
+    /// How a refusal on a connection opened during the run is counted.
+    pub const fn error_kind(self) -> ErrorKind {
+        match self {
+            HelloRefusal::UnknownCommand | HelloRefusal::Chose(_) => ErrorKind::HelloRefused,
+            HelloRefusal::Status(status) => ErrorKind::Status(status),
+            HelloRefusal::Unchanged | HelloRefusal::NotAnAnswer => ErrorKind::Unexpected,
+            HelloRefusal::Undecodable(_) => ErrorKind::Decode,
+        }
+    }
+}
+
+impl fmt::Display for HelloRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HelloRefusal::UnknownCommand => f.write_str(
+                "it answered HELLO with UNKNOWN_COMMAND (a server from before HELLO); use --framing fixed",
+            ),
+            HelloRefusal::Chose(HELLO_FIXED) => f.write_str("it chose fixed framing; use --framing fixed"),
+            HelloRefusal::Chose(other) => {
+                write!(f, "it chose framing {other}, which this tool does not know")
+            }
+            HelloRefusal::Status(status) => write!(f, "it answered HELLO with {status}"),
+            HelloRefusal::Unchanged => {
+                f.write_str("it returned the HELLO unchanged: an echo server? (use --protocol echo)")
+            }
+            HelloRefusal::NotAnAnswer => f.write_str("its answer to HELLO is not a HELLO reply"),
+            HelloRefusal::Undecodable(e) => write!(f, "its answer to HELLO does not decode ({e})"),
+        }
+    }
+}
+
+impl std::error::Error for HelloRefusal {}
+
+/// Checks the answer to the HELLO `id` that asked for compact framing: `Ok` when the server
+/// chose compact. An echo server agrees by returning the HELLO itself, whose value asks for
+/// compact (`tandem-echo` switches framing as it passes a HELLO on).
+///
+/// # Errors
+/// [`HelloRefusal`] saying what the server answered instead.
+pub fn classify_hello(protocol: Protocol, id: u64, reply: &Frame<'_>) -> Result<(), HelloRefusal> {
+    if reply.id != id {
+        if reply.id == 0 && reply.is_reply() && reply.status() != Status::OK {
+            return Err(HelloRefusal::Status(reply.status()));
+        }
+        return Err(HelloRefusal::NotAnAnswer);
+    }
+    if reply.command != Command::HELLO {
+        return Err(HelloRefusal::NotAnAnswer);
+    }
+    if protocol == Protocol::Tandem {
+        if !reply.is_reply() {
+            return Err(HelloRefusal::Unchanged);
+        }
+        match reply.status() {
+            Status::OK => {}
+            Status::UNKNOWN_COMMAND => return Err(HelloRefusal::UnknownCommand),
+            status => return Err(HelloRefusal::Status(status)),
+        }
+    }
+    match reply.value.first() {
+        Some(&HELLO_COMPACT) => Ok(()),
+        Some(&other) => Err(HelloRefusal::Chose(other)),
+        None => Err(HelloRefusal::NotAnAnswer),
+    }
+}
+
+/// [`classify_hello`] of a fixed frame's bytes, decoding it first.
+///
+/// # Errors
+/// As [`classify_hello`]; [`HelloRefusal::Undecodable`] when the bytes are not a frame.
+pub fn check_hello_reply(protocol: Protocol, id: u64, bytes: &[u8; FRAME_LEN]) -> Result<(), HelloRefusal> {
+    let reply = Frame::decode(bytes).map_err(HelloRefusal::Undecodable)?;
+    classify_hello(protocol, id, &reply)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,27 +405,97 @@ mod tests {
     #[test]
     fn resp_requests_are_arrays_of_bulk_strings() {
         let mut out = [0u8; 128];
-        let n = encode_request(Protocol::Resp, 9, Cmd::Put, b"key:1", b"abc", &mut out).expect("fits");
+        let n = encode_request(Protocol::Resp, Framing::Fixed, 9, Cmd::Put, b"key:1", b"abc", &mut out)
+            .expect("fits");
         assert_eq!(&out[..n], b"*3\r\n$3\r\nSET\r\n$5\r\nkey:1\r\n$3\r\nabc\r\n");
-        let n = encode_request(Protocol::Resp, 9, Cmd::Get, b"key:1", b"ignored", &mut out).expect("fits");
+        let n = encode_request(Protocol::Resp, Framing::Fixed, 9, Cmd::Get, b"key:1", b"ignored", &mut out)
+            .expect("fits");
         assert_eq!(&out[..n], b"*2\r\n$3\r\nGET\r\n$5\r\nkey:1\r\n");
-        let n = encode_request(Protocol::Resp, 9, Cmd::Append, b"k", b"", &mut out).expect("fits");
+        let n = encode_request(Protocol::Resp, Framing::Fixed, 9, Cmd::Append, b"k", b"", &mut out)
+            .expect("fits");
         assert_eq!(&out[..n], b"*3\r\n$6\r\nAPPEND\r\n$1\r\nk\r\n$0\r\n\r\n");
-        assert!(encode_request(Protocol::Resp, 1, Cmd::Put, b"k", &[0; 200], &mut out).is_err());
-        let longest = max_request_len(Protocol::Resp, 16, 4000);
+        assert!(
+            encode_request(Protocol::Resp, Framing::Fixed, 1, Cmd::Put, b"k", &[0; 200], &mut out).is_err()
+        );
+        let longest = max_request_len(Protocol::Resp, Framing::Fixed, 16, 4000);
         let mut big = vec![0u8; longest];
-        assert!(encode_request(Protocol::Resp, 1, Cmd::Put, &[b'k'; 16], &[b'v'; 4000], &mut big).is_ok());
+        assert!(encode_request(
+            Protocol::Resp,
+            Framing::Fixed,
+            1,
+            Cmd::Put,
+            &[b'k'; 16],
+            &[b'v'; 4000],
+            &mut big
+        )
+        .is_ok());
     }
 
     #[test]
     fn tandem_requests_are_frames() {
         let mut out = [0u8; FRAME_LEN];
-        assert_eq!(encode_request(Protocol::Tandem, 77, Cmd::Get, b"k", b"dropped", &mut out), Ok(FRAME_LEN));
+        let t = Protocol::Tandem;
+        assert_eq!(
+            encode_request(t, Framing::Fixed, 77, Cmd::Get, b"k", b"dropped", &mut out),
+            Ok(FRAME_LEN)
+        );
         let frame = Frame::decode(&out).expect("valid");
         assert_eq!(
             (frame.id, frame.command, frame.key, frame.value),
             (77, Command::GET, &b"k"[..], &b""[..])
         );
+    }
+
+    #[test]
+    fn compact_requests_are_frames_without_padding() {
+        let key = [b'k'; 16];
+        let value = [b'v'; 100];
+        let longest = max_request_len(Protocol::Tandem, Framing::Compact, key.len(), value.len());
+        assert_eq!(longest, HEADER_LEN + 116);
+        assert_eq!(max_request_len(Protocol::Echo, Framing::Fixed, 16, 100), FRAME_LEN);
+        let mut out = vec![0u8; longest];
+        let t = Protocol::Tandem;
+        let n = encode_request(t, Framing::Compact, 5, Cmd::Put, &key, &value, &mut out).expect("fits");
+        assert_eq!(n, longest);
+        let (frame, used) = Frame::decode_compact(&out).expect("valid").expect("whole");
+        assert_eq!((used, frame.id, frame.command, frame.value), (n, 5, Command::PUT, &value[..]));
+        let n = encode_request(t, Framing::Compact, 6, Cmd::Get, &key, &value, &mut out).expect("fits");
+        assert_eq!(n, HEADER_LEN + 16, "a GET carries no value");
+        let short = encode_request(t, Framing::Compact, 7, Cmd::Put, &key, &value, &mut out[..longest - 1]);
+        assert!(short.is_err());
+    }
+
+    #[test]
+    fn hello_answers_classify() {
+        let mut out = [0u8; FRAME_LEN];
+        assert_eq!(encode_hello(9, &mut out), Ok(FRAME_LEN));
+        let hello = Frame::decode(&out).expect("valid");
+        assert_eq!((hello.id, hello.command, hello.value), (9, Command::HELLO, &[HELLO_COMPACT][..]));
+        let t = Protocol::Tandem;
+        let agreed = Frame::reply(&hello, Status::OK, &[HELLO_COMPACT]);
+        assert_eq!(classify_hello(t, 9, &agreed), Ok(()));
+        let mut bytes = [0u8; FRAME_LEN];
+        agreed.encode(&mut bytes).expect("encodes");
+        assert_eq!(check_hello_reply(t, 9, &bytes), Ok(()));
+        bytes[HEADER_LEN] ^= 1; // the value byte, under the checksum
+        assert!(matches!(check_hello_reply(t, 9, &bytes), Err(HelloRefusal::Undecodable(_))));
+        let old = Frame::reply(&hello, Status::UNKNOWN_COMMAND, b"unknown command 0x8");
+        assert_eq!(classify_hello(t, 9, &old), Err(HelloRefusal::UnknownCommand));
+        assert_eq!(HelloRefusal::UnknownCommand.error_kind(), ErrorKind::HelloRefused);
+        assert!(HelloRefusal::UnknownCommand.to_string().contains("UNKNOWN_COMMAND"));
+        let fixed = Frame::reply(&hello, Status::OK, &[HELLO_FIXED]);
+        assert_eq!(classify_hello(t, 9, &fixed), Err(HelloRefusal::Chose(HELLO_FIXED)));
+        assert!(HelloRefusal::Chose(HELLO_FIXED).to_string().contains("chose fixed framing"));
+        let empty = Frame::reply(&hello, Status::OK, b"");
+        assert_eq!(classify_hello(t, 9, &empty), Err(HelloRefusal::NotAnAnswer));
+        let busy = Frame::reply_to(0, Command(0), Status::BUSY, b"too many connections");
+        assert_eq!(classify_hello(t, 9, &busy), Err(HelloRefusal::Status(Status::BUSY)));
+        assert_eq!(classify_hello(t, 8, &agreed), Err(HelloRefusal::NotAnAnswer));
+        // An echo server returns the HELLO itself: agreement for echo, a mistake for tandem.
+        assert_eq!(classify_hello(Protocol::Echo, 9, &hello), Ok(()));
+        assert_eq!(classify_hello(t, 9, &hello), Err(HelloRefusal::Unchanged));
+        let ping = Frame::request(9, Command::PING, b"", &[HELLO_COMPACT]);
+        assert_eq!(classify_hello(Protocol::Echo, 9, &ping), Err(HelloRefusal::NotAnAnswer));
     }
 
     #[test]

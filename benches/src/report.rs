@@ -11,7 +11,8 @@
 //!
 //! followed, where they apply, by `  service us: ...` and `  rate: ...` (open loop),
 //! `  hits N misses M` (tests with GETs), `  PUT latency us: ...` (each command of a mixed
-//! test) and `  errors: KIND N, ...`.
+//! test) and `  errors: KIND N, ...`, and always last by
+//! `  bytes/op: sent S received R (F framing)` (no framing for RESP).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::driver::PhaseResult;
+use crate::proto::Framing;
 use crate::stats::Percentiles;
 use crate::workload::Cmd;
 
@@ -140,6 +142,17 @@ pub struct TestReport {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// GETs answered "not found".
     pub misses: u64,
+    /// The framing of the Tandem frames on the wire (`fixed`, `compact`); `null` for RESP.
+    pub framing: Option<Framing>,
+    /// Bytes of the measured requests as written to the socket (TCP/IP headers and the
+    /// connections' HELLOs not counted; RESP: a write's `WAIT` included).
+    pub bytes_sent: u64,
+    /// Bytes of the replies to the measured requests as read from the socket.
+    pub bytes_received: u64,
+    /// `bytes_sent / ops`; `null` without ops.
+    pub bytes_sent_per_op: Option<f64>,
+    /// `bytes_received / ops`; `null` without ops.
+    pub bytes_received_per_op: Option<f64>,
     /// Per command.
     pub commands: BTreeMap<Cmd, CmdReport>,
     /// Open loop only.
@@ -206,6 +219,11 @@ impl TestReport {
             errors: stats.errors.total(),
             errors_by_kind: stats.errors.by_name(),
             misses: stats.misses(),
+            framing: config.protocol.uses_frames().then_some(config.framing),
+            bytes_sent: stats.bytes_sent,
+            bytes_received: stats.bytes_received,
+            bytes_sent_per_op: stats.bytes_sent_per_op().map(round1),
+            bytes_received_per_op: stats.bytes_received_per_op().map(round1),
             commands,
             rate: config.rate.filter(|_| open_loop).map(|target| RateReport {
                 target_ops_per_sec: target,
@@ -219,6 +237,20 @@ impl TestReport {
             config: config.clone(),
             histogram,
         }
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// A bytes-per-op figure for people: whole bytes when it is one (fixed frames), else one
+/// decimal; `-` without ops.
+fn per_op(x: Option<f64>) -> String {
+    match x {
+        None => "-".into(),
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.1}"),
     }
 }
 
@@ -252,7 +284,7 @@ pub fn describe(config: &Config) -> String {
     };
     format!(
         "tandem-bench: {} protocol to {} ({}); {} connections x {} in flight on {} thread{}; {}, {}; \
-         {}-byte values, {} keys ({}); seed {}{}{}{}{}",
+         {}-byte values, {} keys ({}); seed {}{}{}{}{}{}",
         format!("{:?}", config.protocol).to_lowercase(),
         config.addr,
         target,
@@ -273,6 +305,7 @@ pub fn describe(config: &Config) -> String {
             Some(n) if n > 0 => format!("; each write followed by WAIT {n} 0"),
             _ => String::new(),
         },
+        if config.protocol.uses_frames() { format!("; {} framing", config.framing) } else { String::new() },
     )
 }
 
@@ -311,46 +344,66 @@ pub fn write_human(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
         let kinds: Vec<String> = r.errors_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(out, "  errors: {}", kinds.join(", "))?;
     }
-    Ok(())
+    write!(
+        out,
+        "  bytes/op: sent {} received {}",
+        per_op(r.bytes_sent_per_op),
+        per_op(r.bytes_received_per_op)
+    )?;
+    match r.framing {
+        Some(framing) => writeln!(out, " ({framing} framing)"),
+        None => writeln!(out),
+    }
 }
 
 /// The CSV header.
 pub const CSV_HEADER: &str = "test,requests,ops,errors,misses,elapsed_s,ops_per_sec,p50_us,p90_us,p99_us,\
-p999_us,p9999_us,max_us,mean_us,target_ops_per_sec,service_p50_us,service_p99_us,not_sent,achieved_rate";
+p999_us,p9999_us,max_us,mean_us,target_ops_per_sec,service_p50_us,service_p99_us,not_sent,achieved_rate,framing,bytes_sent_per_op,bytes_received_per_op";
 
-/// Writes one CSV row for the test, and one per command (`test/CMD`) for mixed tests.
+/// Writes one CSV row for the test, and one per command (`test/CMD`) for mixed tests (whose
+/// bytes per op are left empty: bytes are counted per test).
 ///
 /// # Errors
 /// When `out` fails.
 pub fn write_csv(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
-    let row =
-        |out: &mut dyn Write, name: &str, ops: u64, misses: u64, l: &LatencyUs, s: Option<&LatencyUs>| {
-            let ops_per_sec = if r.elapsed_s > 0.0 { ops as f64 / r.elapsed_s } else { 0.0 };
-            writeln!(
-                out,
-                "{name},{},{ops},{},{misses},{:.3},{:.1},{},{},{},{},{},{},{},{},{},{},{},{}",
-                r.requests,
-                r.errors,
-                r.elapsed_s,
-                ops_per_sec,
-                l.p50_us,
-                l.p90_us,
-                l.p99_us,
-                l.p999_us,
-                l.p9999_us,
-                l.max_us,
-                l.mean_us,
-                r.rate.as_ref().map_or(String::new(), |x| x.target_ops_per_sec.to_string()),
-                s.map_or(String::new(), |s| s.p50_us.to_string()),
-                s.map_or(String::new(), |s| s.p99_us.to_string()),
-                r.not_sent,
-                r.rate.as_ref().map_or(String::new(), |x| x.achieved_rate.to_string()),
-            )
-        };
-    row(out, &r.test, r.ops, r.misses, &r.latency, r.rate.as_ref().map(|x| &x.service))?;
+    let framing = r.framing.map_or("", Framing::name);
+    let row = |out: &mut dyn Write,
+               name: &str,
+               ops: u64,
+               misses: u64,
+               l: &LatencyUs,
+               s: Option<&LatencyUs>,
+               bytes: [Option<f64>; 2]| {
+        let ops_per_sec = if r.elapsed_s > 0.0 { ops as f64 / r.elapsed_s } else { 0.0 };
+        writeln!(
+            out,
+            "{name},{},{ops},{},{misses},{:.3},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{framing},{},{}",
+            r.requests,
+            r.errors,
+            r.elapsed_s,
+            ops_per_sec,
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us,
+            l.p9999_us,
+            l.max_us,
+            l.mean_us,
+            r.rate.as_ref().map_or(String::new(), |x| x.target_ops_per_sec.to_string()),
+            s.map_or(String::new(), |s| s.p50_us.to_string()),
+            s.map_or(String::new(), |s| s.p99_us.to_string()),
+            r.not_sent,
+            r.rate.as_ref().map_or(String::new(), |x| x.achieved_rate.to_string()),
+            bytes[0].map_or(String::new(), |b| b.to_string()),
+            bytes[1].map_or(String::new(), |b| b.to_string()),
+        )
+    };
+    let bytes = [r.bytes_sent_per_op, r.bytes_received_per_op];
+    row(out, &r.test, r.ops, r.misses, &r.latency, r.rate.as_ref().map(|x| &x.service), bytes)?;
     if r.commands.len() > 1 {
         for (cmd, c) in &r.commands {
-            row(out, &format!("{}/{cmd}", r.test), c.ops, c.misses, &c.latency, c.service.as_ref())?;
+            let name = format!("{}/{cmd}", r.test);
+            row(out, &name, c.ops, c.misses, &c.latency, c.service.as_ref(), [None, None])?;
         }
     }
     Ok(())
@@ -431,7 +484,7 @@ mod tests {
     use super::*;
     use crate::config::Args;
     use crate::driver::{phases, PhaseResult};
-    use crate::stats::{ErrorKind, Recorder};
+    use crate::stats::{ErrorKind, PhaseStats, Recorder};
     use clap::Parser;
 
     fn config(flags: &[&str]) -> Config {
@@ -559,6 +612,62 @@ mod tests {
         assert_eq!(field("target_ops_per_sec"), "5000");
     }
 
+    /// The framing and the bytes per operation each way, in every format, added after what
+    /// was there before.
+    #[test]
+    fn bytes_per_op_and_the_framing_in_every_format() {
+        let config = config(&["-t", "get", "--framing", "compact"]);
+        let mut phase = result(&config, 0, 0);
+        phase.stats.bytes_sent = 64 * 1000;
+        phase.stats.bytes_received = 148 * 1000 + 500;
+        let report = TestReport::new(&phase, &config);
+        let mut out = Vec::new();
+        write_human(&mut out, &report).expect("writes");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.starts_with("GET: 1000 ops in 1.00 s"), "{text}");
+        assert_eq!(
+            text.lines().last(),
+            Some("  bytes/op: sent 64 received 148.5 (compact framing)"),
+            "{text}"
+        );
+        let mut json = Vec::new();
+        write_json(&mut json, &report).expect("writes");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+        assert_eq!(v["framing"], "compact");
+        assert_eq!(v["config"]["framing"], "compact");
+        assert_eq!((v["bytes_sent"].as_u64(), v["bytes_received"].as_u64()), (Some(64_000), Some(148_500)));
+        assert_eq!(
+            (v["bytes_sent_per_op"].as_f64(), v["bytes_received_per_op"].as_f64()),
+            (Some(64.0), Some(148.5))
+        );
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &report).expect("writes");
+        let csv = String::from_utf8(csv).expect("utf-8");
+        let header: Vec<&str> = CSV_HEADER.split(',').collect();
+        assert!(CSV_HEADER.contains(",not_sent,achieved_rate,framing,"), "added at the end: {CSV_HEADER}");
+        let row: Vec<&str> = csv.lines().next().expect("a row").split(',').collect();
+        assert_eq!(row.len(), header.len(), "{csv}");
+        let field = |name: &str| row[header.iter().position(|h| *h == name).expect(name)];
+        assert_eq!(field("framing"), "compact");
+        assert_eq!((field("bytes_sent_per_op"), field("bytes_received_per_op")), ("64", "148.5"));
+
+        // RESP has no framing; a test without ops has no bytes per op.
+        let config = self::config(&["--protocol", "resp", "-t", "put"]);
+        let mut phase = result(&config, 0, 0);
+        phase.stats.cmds = PhaseStats::new().cmds;
+        let report = TestReport::new(&phase, &config);
+        let mut out = Vec::new();
+        write_human(&mut out, &report).expect("writes");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text.lines().last(), Some("  bytes/op: sent - received -"), "{text}");
+        let v = serde_json::to_value(&report).expect("serializes");
+        assert!(v["framing"].is_null() && v["bytes_sent_per_op"].is_null(), "{v}");
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &report).expect("writes");
+        let csv = String::from_utf8(csv).expect("utf-8");
+        assert!(csv.trim_end().ends_with(",,,"), "framing and bytes left empty: {csv}");
+    }
+
     #[test]
     fn progress_line_shows_the_recent_latency() {
         let mut h = crate::stats::new_series_histogram();
@@ -605,6 +714,10 @@ mod tests {
         assert!(text.contains("1 connections x 4 in flight"), "{text}");
         assert!(text.contains("open loop at 500 ops/s"), "{text}");
         assert!(!text.contains("WAIT"), "{text}");
+        assert!(text.ends_with("; fixed framing"), "{text}");
+        let text = describe(&config(&["--framing", "compact", "--prefill"]));
+        assert!(text.ends_with("; prefill; compact framing"), "{text}");
+        assert!(!describe(&config(&["--protocol", "resp"])).contains("framing"));
         let text = describe(&config(&["--protocol", "resp", "--wait", "2"]));
         assert!(text.contains("; each write followed by WAIT 2 0"), "{text}");
         assert!(!describe(&config(&["--protocol", "resp", "--wait", "0"])).contains("WAIT"));

@@ -65,6 +65,11 @@ pub enum ErrorKind {
     Verify,
     /// No reply at all for twice the timeout while requests were due: the phase gave up.
     Stalled,
+    /// `--framing compact`: a connection reopened during the run asked for compact framing
+    /// and the server did not agree (UNKNOWN_COMMAND, or it chose fixed). The connection is
+    /// closed and nothing is sent on it in fixed framing. (Before the run, a refusal stops
+    /// the run instead.)
+    HelloRefused,
 }
 
 impl fmt::Display for ErrorKind {
@@ -83,6 +88,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::WaitShort => f.write_str("wait_short"),
             ErrorKind::Verify => f.write_str("verify"),
             ErrorKind::Stalled => f.write_str("stalled"),
+            ErrorKind::HelloRefused => f.write_str("hello_refused"),
         }
     }
 }
@@ -182,6 +188,10 @@ pub struct PhaseStats {
     pub errors: ErrorCounts,
     /// Requests sent in the measured part of the phase.
     pub requests: u64,
+    /// Bytes of those requests as written to the socket (RESP: with their `WAIT`).
+    pub bytes_sent: u64,
+    /// Bytes of the replies to those requests as read from the socket, whatever they said.
+    pub bytes_received: u64,
     /// Open loop: requests the schedule meant to send in the measured part of the phase
     /// that were never sent (their connection was full or down until the phase stopped
     /// sending). Not errors: the target rate was not reached.
@@ -209,6 +219,8 @@ impl PhaseStats {
             cmds: [CmdStats::new(), CmdStats::new(), CmdStats::new()],
             errors: ErrorCounts::default(),
             requests: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
             not_sent: 0,
             window_ns: 0,
             elapsed_ns: 0,
@@ -226,6 +238,8 @@ impl PhaseStats {
         }
         self.errors.merge(&other.errors);
         self.requests += other.requests;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
         self.not_sent += other.not_sent;
         self.window_ns = self.window_ns.max(other.window_ns);
         self.elapsed_ns = self.elapsed_ns.max(other.elapsed_ns);
@@ -275,6 +289,18 @@ impl PhaseStats {
         } else {
             self.requests as f64 * NS_PER_SEC as f64 / self.window_ns as f64
         }
+    }
+
+    /// Bytes sent per successful reply, `None` without any.
+    pub fn bytes_sent_per_op(&self) -> Option<f64> {
+        let ops = self.ops();
+        (ops > 0).then(|| self.bytes_sent as f64 / ops as f64)
+    }
+
+    /// Bytes received per successful reply, `None` without any.
+    pub fn bytes_received_per_op(&self) -> Option<f64> {
+        let ops = self.ops();
+        (ops > 0).then(|| self.bytes_received as f64 / ops as f64)
     }
 
     /// Successful replies per second of `elapsed_ns`.
@@ -376,6 +402,16 @@ impl Recorder {
     /// Counts a request sent in the measured part of the phase.
     pub fn count_request(&mut self) {
         self.stats.requests += 1;
+    }
+
+    /// Counts `bytes` written for a measured request.
+    pub fn count_sent(&mut self, bytes: usize) {
+        self.stats.bytes_sent += bytes as u64;
+    }
+
+    /// Counts `bytes` read for a reply to a measured request.
+    pub fn count_received(&mut self, bytes: usize) {
+        self.stats.bytes_received += bytes as u64;
     }
 
     /// Records a successful reply to a measured request: `intended_ns` is when it should
@@ -569,6 +605,34 @@ mod tests {
         assert_eq!(merged.errors.total(), 0, "not sent is no error");
         assert_eq!(merged.window_ns, 1_000 * MS);
         assert_eq!(merged.sent_per_sec(), 400.0);
+    }
+
+    #[test]
+    fn bytes_merge_and_divide_by_ops() {
+        let mut a = Recorder::new(0);
+        for _ in 0..3 {
+            a.count_request();
+            a.count_sent(64);
+            a.count_received(148);
+            a.record_reply(Cmd::Get, false, 0, 0, 1);
+        }
+        // A failed request's bytes count too: they were on the wire.
+        a.count_request();
+        a.count_sent(64);
+        a.count_received(70);
+        a.record_error(ErrorKind::Status(Status::UNAVAILABLE), 1, 1);
+        let mut merged = a.finish(1);
+        assert_eq!((merged.bytes_sent, merged.bytes_received), (256, 514));
+        let mut b = PhaseStats::new();
+        b.bytes_sent = 4096;
+        b.bytes_received = 4096;
+        b.cmds[Cmd::Put.index()].ops = 1;
+        merged.merge(&b);
+        assert_eq!((merged.bytes_sent, merged.bytes_received), (4352, 4610));
+        assert_eq!(merged.bytes_sent_per_op(), Some(1088.0));
+        assert_eq!(merged.bytes_received_per_op(), Some(1152.5));
+        assert_eq!(PhaseStats::new().bytes_sent_per_op(), None, "nothing to divide by");
+        assert_eq!(ErrorKind::HelloRefused.to_string(), "hello_refused");
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn a_request_count_is_exact_across_threads_and_the_summary_says_so() {
         if test == "GET" {
             assert_eq!(lines.next(), Some("  hits 1001 misses 0"), "{text}");
         }
+        assert_eq!(lines.next(), Some("  bytes/op: sent 4096 received 4096 (fixed framing)"), "{text}");
     }
 }
 

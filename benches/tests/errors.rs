@@ -53,6 +53,7 @@ fn coordinator_and_wait_misuse_exits_2_at_once() {
         (&["--coordinator", "127.0.0.1:1", "-s", "127.0.0.1:2"], "cannot be used with"),
         (&["--coordinator", "127.0.0.1:1", "--protocol", "resp"], "--coordinator finds a Tandem primary"),
         (&["--coordinator", "127.0.0.1:1", "--baseline", "echo"], "cannot be used with"),
+        (&["--protocol", "resp", "--framing", "compact"], "--framing compact lays out Tandem frames"),
     ] {
         let started = Instant::now();
         let out = bench(args, LIMIT);

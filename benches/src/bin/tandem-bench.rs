@@ -1,7 +1,7 @@
 //! `tandem-bench`: the load tool. Parses the flags, finds the primary (`--coordinator`), runs
 //! the phases, prints each test's results as it ends, and exits 0 (all good), 1 (errors or
-//! timeouts during the run), 2 (usage error, unreachable server, no primary, a histogram file
-//! that could not be written) or 130
+//! timeouts during the run), 2 (usage error, unreachable server, no primary, a server that
+//! does not agree to `--framing compact`, a histogram file that could not be written) or 130
 //! (interrupted: the test under way is reported as partial, later ones are skipped; a second
 //! Ctrl-C exits at once).
 

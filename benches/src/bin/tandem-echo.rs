@@ -1,6 +1,7 @@
-//! `tandem-echo`: the ceiling for any fixed-frame server on this machine. A bare
-//! single-threaded mio server that returns every whole 4096-byte frame unchanged.
-//! Load it with `tandem-bench --protocol echo --server ADDR`.
+//! `tandem-echo`: the ceiling for any Tandem server on this machine. A bare
+//! single-threaded mio server that returns every whole 4096-byte frame unchanged, and
+//! compact frames after a HELLO asking for them (see [`benches::echo`]).
+//! Load it with `tandem-bench --protocol echo --server ADDR [--framing compact]`.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -8,7 +9,8 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 
-/// Echo 4096-byte frames back unchanged: the ceiling for a fixed-frame server.
+/// Echo frames back unchanged (4096 bytes each, or compact after a HELLO asking for it): the
+/// ceiling for a Tandem server.
 #[derive(Debug, Parser)]
 #[command(name = "tandem-echo", version, about)]
 struct Args {

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use wire::cluster::{View, GET_VIEW};
-use wire::{Command as Op, Frame, Request, Status, FRAME_LEN};
+use wire::{Command as Op, Frame, Request, Status, FRAME_LEN, HEADER_LEN, HELLO_COMPACT, HELLO_FIXED};
 
 pub const BENCH: &str = env!("CARGO_BIN_EXE_tandem-bench");
 pub const ECHO: &str = env!("CARGO_BIN_EXE_tandem-echo");
@@ -172,13 +172,33 @@ pub enum Fault {
     Silent,
 }
 
+/// How a fake Tandem server answers HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloMode {
+    /// As a server from before HELLO: UNKNOWN_COMMAND, and the connection stays fixed.
+    Unknown,
+    /// OK, but it chooses fixed framing.
+    ChooseFixed,
+    /// OK, compact: the connection is compact from the next frame on, both ways.
+    Compact,
+    /// Agrees to the first N HELLOs (the probe's included), then answers UNKNOWN_COMMAND: a
+    /// server replaced by an older one during the run.
+    CompactFirst(u64),
+}
+
 /// A tiny in-memory Tandem key-value server: PING, GET, PUT, APPEND, in order per
 /// connection, replying as the protocol says.
 pub struct FakeServer {
     pub addr: SocketAddr,
+    /// Requests received (not PING, not HELLO).
     pub requests: Arc<AtomicU64>,
     /// RESP `WAIT` commands received (not counted in `requests`).
     pub waits: Arc<AtomicU64>,
+    /// HELLOs received.
+    pub hellos: Arc<AtomicU64>,
+    /// Frames received on a connection after its HELLO was refused: the client must send
+    /// none, as it must not go on in fixed framing.
+    pub after_refusal: Arc<AtomicU64>,
 }
 
 type Store = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
@@ -194,25 +214,83 @@ fn serve_forever(listener: TcpListener, handle: impl Fn(TcpStream) + Send + Sync
     });
 }
 
+/// A fake Tandem server from before HELLO (it answers UNKNOWN_COMMAND).
 pub fn fake_tandem(fault: Fault) -> FakeServer {
+    fake_tandem_hello(fault, HelloMode::Unknown)
+}
+
+/// Reads one frame in the connection's framing into `buf`; `None` at the end of the stream
+/// or on bytes that are not a frame.
+fn read_frame<'a>(stream: &mut TcpStream, buf: &'a mut [u8; FRAME_LEN], compact: bool) -> Option<Frame<'a>> {
+    if !compact {
+        stream.read_exact(buf).ok()?;
+        return Frame::decode(buf).ok();
+    }
+    stream.read_exact(&mut buf[..HEADER_LEN]).ok()?;
+    let len_at =
+        |offset: usize| u32::from_le_bytes(buf[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+    let len = HEADER_LEN + len_at(wire::header::KEY_LEN_OFFSET) + len_at(wire::header::VALUE_LEN_OFFSET);
+    if len > FRAME_LEN {
+        return None;
+    }
+    stream.read_exact(&mut buf[HEADER_LEN..len]).ok()?;
+    match Frame::decode_compact(&buf[..len]) {
+        Ok(Some((frame, _))) => Some(frame),
+        _ => None,
+    }
+}
+
+/// A fake Tandem server answering HELLO as `hello` says; with [`HelloMode::Compact`] it
+/// reads and answers compact frames after the HELLO.
+pub fn fake_tandem_hello(fault: Fault, hello: HelloMode) -> FakeServer {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let store: Store = Arc::default();
     let requests = Arc::new(AtomicU64::new(0));
     let counter = requests.clone();
+    let hellos = Arc::new(AtomicU64::new(0));
+    let hello_counter = hellos.clone();
+    let after_refusal = Arc::new(AtomicU64::new(0));
+    let refusal_counter = after_refusal.clone();
     serve_forever(listener, move |mut stream| {
         let _ = stream.set_nodelay(true);
         let mut buf = [0u8; FRAME_LEN];
         let mut out = [0u8; FRAME_LEN];
         let mut served = 0u64;
-        while stream.read_exact(&mut buf).is_ok() {
-            let Ok(frame) = Frame::decode(&buf) else { return };
+        let mut compact = false;
+        let mut refused = false;
+        while let Some(frame) = read_frame(&mut stream, &mut buf, compact) {
+            if refused {
+                refusal_counter.fetch_add(1, Ordering::Relaxed);
+            }
             if let Fault::CloseAfter(n) = fault {
                 if served >= n {
                     return;
                 }
             }
             served += 1;
+            if frame.command == Op::HELLO {
+                let earlier = hello_counter.fetch_add(1, Ordering::Relaxed);
+                let agree = match hello {
+                    HelloMode::Unknown => None,
+                    HelloMode::ChooseFixed => Some(false),
+                    HelloMode::Compact => Some(true),
+                    HelloMode::CompactFirst(n) => (earlier < n).then_some(true),
+                };
+                let reply = match agree {
+                    None => Frame::reply(&frame, Status::UNKNOWN_COMMAND, b"unknown command 0x8"),
+                    Some(true) => Frame::reply(&frame, Status::OK, &[HELLO_COMPACT]),
+                    Some(false) => Frame::reply(&frame, Status::OK, &[HELLO_FIXED]),
+                };
+                // In the framing the connection had before the HELLO.
+                let len = if compact { reply.encode_compact(&mut out) } else { reply.encode(&mut out) };
+                if stream.write_all(&out[..len.expect("fits")]).is_err() {
+                    return;
+                }
+                compact = agree == Some(true);
+                refused = !compact;
+                continue;
+            }
             if fault == Fault::Silent && frame.command != Op::PING {
                 continue;
             }
@@ -247,13 +325,14 @@ pub fn fake_tandem(fault: Fault) -> FakeServer {
                 },
                 _ => Status::BAD_REQUEST,
             };
-            Frame::reply(&frame, status, &value).encode(&mut out).expect("fits");
-            if stream.write_all(&out).is_err() {
+            let reply = Frame::reply(&frame, status, &value);
+            let len = if compact { reply.encode_compact(&mut out) } else { reply.encode(&mut out) };
+            if stream.write_all(&out[..len.expect("fits")]).is_err() {
                 return;
             }
         }
     });
-    FakeServer { addr, requests, waits: Arc::default() }
+    FakeServer { addr, requests, waits: Arc::default(), hellos, after_refusal }
 }
 
 /// Which byte CorruptValues flips: inside the verify header, so only --verify notices.
@@ -349,5 +428,5 @@ pub fn fake_resp_replicated(fault: Fault, replicas: i64, wait_delay: Duration) -
             }
         }
     });
-    FakeServer { addr, requests, waits }
+    FakeServer { addr, requests, waits, hellos: Arc::default(), after_refusal: Arc::default() }
 }

@@ -26,7 +26,9 @@
 #                       (default "1:1 1:1:warm 50:1 50:16")
 #   --sizes "B ..."     value sizes in bytes (default "100 4000")
 #   --tests "T ..."     tandem-bench tests (default "put get")
-#   --targets "X ..."   any of tandem redis echo (default "tandem redis echo")
+#   --targets "X ..."   any of tandem redis echo compact echo-compact (default "tandem redis
+#                       echo"); compact = tandem-server with --framing compact connections,
+#                       echo-compact = tandem-echo with compact frames (their ceiling)
 #   --keyspace N        keys (default 10000), written by a prefill before each run
 #   --fsync MODE        tandem-server --fsync (default never)
 #   --server-args "..." more tandem-server flags, e.g. "--busy-poll-us 50" (default none)
@@ -84,7 +86,9 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive whole number"
 [[ $REDIS_PERSIST == none || $REDIS_PERSIST == matched ]] || die "--redis-persist is none or matched"
 case $FSYNC in always|never|interval:[0-9]*) ;; *) die "--fsync is always, never or interval:MS" ;; esac
-for t in $TARGETS; do [[ $t == tandem || $t == redis || $t == echo ]] || die "unknown target $t"; done
+for t in $TARGETS; do
+    case $t in tandem|redis|echo|compact|echo-compact) ;; *) die "unknown target $t" ;; esac
+done
 if [[ " $TARGETS " == *" redis "* ]] && ! command -v redis-server >/dev/null; then
     die "redis-server not found: install it (apt-get install redis-server) or pass --targets \"tandem echo\""
 fi
@@ -168,7 +172,7 @@ start_server() {
     dir=$(mktemp -d "$WORK/$kind.XXXXXX")
     log=$dir/server.log
     case $kind in
-        tandem)
+        tandem|compact)
             # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
             "$BIN/tandem-server" --listen 127.0.0.1:0 --data "$dir/data" --fsync "$FSYNC" $SERVER_ARGS >"$dir/stdout" 2>"$log" &
             SERVER_PID=$!
@@ -179,7 +183,7 @@ start_server() {
                 sleep 0.05
             done
             ;;
-        echo)
+        echo|echo-compact)
             "$BIN/tandem-echo" --listen 127.0.0.1:0 >"$dir/stdout" 2>"$log" &
             SERVER_PID=$!
             ADDR=""
@@ -228,7 +232,8 @@ cpu_children() { awk '{print $16+$17}' "/proc/$$/stat"; }
 TICKS=$(getconf CLK_TCK)
 NCPU=$(nproc)
 
-bench_protocol() { case $1 in tandem) echo tandem ;; redis) echo resp ;; echo) echo echo ;; esac; }
+bench_protocol() { case $1 in tandem|compact) echo tandem ;; redis) echo resp ;; echo|echo-compact) echo echo ;; esac; }
+bench_framing() { case $1 in compact|echo-compact) echo compact ;; *) echo fixed ;; esac; }
 
 # One run: server $1, shape $2 (C:P[:warm]), size $3, round $4. Appends to $RESULTS.
 run_one() {
@@ -243,7 +248,9 @@ run_one() {
     srv0=$(cpu_of "$SERVER_PID")
     kids0=$(cpu_children)
     set +e
-    csv=$("$BENCH" --protocol "$(bench_protocol "$kind")" -s "$ADDR" -c "$conns" -P "$pipe" -d "$size" \
+    local framing=()
+    [[ $(bench_framing "$kind") == compact ]] && framing=(--framing compact)
+    csv=$("$BENCH" --protocol "$(bench_protocol "$kind")" "${framing[@]}" -s "$ADDR" -c "$conns" -P "$pipe" -d "$size" \
         -r "$KEYSPACE" --prefill --duration "$DURATION" --warmup "$WARMUP" -t "$tests" --csv -q \
         2>"$WORK/bench.err")
     local rc=$?
@@ -268,7 +275,7 @@ run_one() {
     fi
     # CSV: test,requests,ops,errors,misses,elapsed_s,ops_per_sec,p50_us,p90_us,p99_us,...
     echo "$csv" | awk -F, -v k="$kind" -v sh="$shape" -v sz="$size" -v r="$round" -v o="$other" \
-        'NR > 1 && $1 != "prefill" { printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sh, sz, $1, k, r, $7, $8, $10, $4, o }' \
+        'NR > 1 && $1 != "prefill" { printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sh, sz, $1, k, r, $7, $8, $10, $4, o, $(NF-1), $NF }' \
         >>"$RESULTS"
     echo "$csv" | awk -F, -v k="$kind" -v sh="$shape" -v sz="$size" -v r="$round" -v o="$other" \
         'NR > 1 && $1 != "prefill" { printf "  %-6s %-10s %5s B %-4s round %s: %9.0f ops/s  p50 %7.0f us  p99 %7.0f us  errors %s  other %s%%\n", k, sh, sz, $1, r, $7, $8, $10, $4, o }' >&2
@@ -293,7 +300,7 @@ run_redis_benchmark() {
             # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",...
             for (i = 1; i <= NF; i++) gsub(/"/, "", $i)
             test = ($1 == "SET") ? "PUT" : $1
-            printf "%s\t%s\t%s\tredis-benchmark\t%s\t%s\t%s\t%s\t0\t0\n", sh, sz, test, r, $2, $5 * 1000, $7 * 1000 }' \
+            printf "%s\t%s\t%s\tredis-benchmark\t%s\t%s\t%s\t%s\t0\t0\t-\t-\n", sh, sz, test, r, $2, $5 * 1000, $7 * 1000 }' \
         >>"$REFERENCE"
     stop_busy
     stop_server
@@ -327,6 +334,8 @@ summarise() {
 summarise 6 >"$WORK/ops.tsv"
 summarise 8 >"$WORK/p99.tsv"
 summarise 7 >"$WORK/p50.tsv"
+summarise 11 >"$WORK/sent.tsv"
+summarise 12 >"$WORK/received.tsv"
 OTHER_MAX=$(awk -F'\t' 'BEGIN { m = 0 } $10 > m { m = $10 } END { print m }' "$RESULTS")
 ERRORS=$(awk -F'\t' '{ e += $9 } END { print e + 0 }' "$RESULTS")
 
@@ -360,6 +369,32 @@ report() {
                     num(p99, t), num(p99, d), ratio(p99, t, d), num(p99, e), num(p50, t), num(p50, d), num(ops, b)
             }
         }' "$WORK/ops.tsv" "$WORK/p99.tsv" "$WORK/p50.tsv" | sort -t$'\t' -k1,1r -k2,2 -k3,3 | cut -f4-
+    [[ " $TARGETS " == *" compact "* || " $TARGETS " == *" echo-compact "* ]] || return 0
+    echo
+    echo "Compact framing (\`--framing compact\`): the same runs' compact columns; bytes/op are those the client sent/received per operation (medians)."
+    echo
+    echo "| test | value B | shape | compact ops/s | compact/redis | compact/tandem | echo-compact ops/s | compact/echo-compact | compact p99 us | p99 compact/redis | compact p50 us | bytes/op compact | bytes/op tandem | bytes/op redis |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    awk -F'\t' '
+        FILENAME ~ /ops.tsv$/ { ops[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $5; lo[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $6; hi[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $7; rows[$1 SUBSEP $2 SUBSEP $3] = 1; next }
+        FILENAME ~ /p99.tsv$/ { p99[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $5; next }
+        FILENAME ~ /p50.tsv$/ { p50[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $5; next }
+        FILENAME ~ /sent.tsv$/ { sent[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $5; next }
+        FILENAME ~ /received.tsv$/ { recv[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $5; next }
+        function cell(k) { return (k in ops) ? sprintf("%.0f (%.0f-%.0f)", ops[k], lo[k], hi[k]) : "-" }
+        function num(a, k) { return (k in a) ? sprintf("%.0f", a[k]) : "-" }
+        function ratio(a, x, y) { return ((x in a) && (y in a) && a[y] > 0) ? sprintf("%.2f", a[x] / a[y]) : "-" }
+        function bytes(k) { return ((k in sent) && sent[k] != "-" && sent[k] != "") ? sprintf("%.0f / %.0f", sent[k], recv[k]) : "-" }
+        END {
+            for (r in rows) {
+                split(r, f, SUBSEP); shape = f[1]; size = f[2]; test = f[3]
+                c = r SUBSEP "compact"; t = r SUBSEP "tandem"; d = r SUBSEP "redis"; e = r SUBSEP "echo-compact"
+                if (!(c in ops) && !(e in ops)) continue
+                printf "%s\t%08d\t%s\t| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+                    test, size, shape, test, size, shape, cell(c), ratio(ops, c, d), ratio(ops, c, t), cell(e), ratio(ops, c, e),
+                    num(p99, c), ratio(p99, c, d), num(p50, c), bytes(c), bytes(t), bytes(d)
+            }
+        }' "$WORK/ops.tsv" "$WORK/p99.tsv" "$WORK/p50.tsv" "$WORK/sent.tsv" "$WORK/received.tsv" | sort -t$'\t' -k1,1r -k2,2 -k3,3 | cut -f4-
 }
 
 report | tee ${OUT:+"$OUT"}

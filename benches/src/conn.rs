@@ -27,7 +27,7 @@ use std::time::Duration;
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use wire::{CompactReader, Frame, FrameReader, FRAME_LEN};
+use wire::{CompactReader, Frame, FrameReader, Status, FRAME_LEN};
 
 use crate::config::VERIFY_HEADER_LEN;
 use crate::proto::{self, Framing, HelloRefusal, Outcome, Protocol};
@@ -322,6 +322,16 @@ impl From<io::Error> for ConnectError {
     }
 }
 
+/// Whether a connection goes on after the replies just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// It stays open.
+    Go,
+    /// The server refused it (BUSY, at its connection limit) and closes it: nothing more may
+    /// be sent on it.
+    Refused,
+}
+
 /// What sending stopped on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Enqueued {
@@ -496,15 +506,21 @@ impl Conn {
 
     /// Handles a readiness event for this connection.
     pub fn handle_event(&mut self, event: &Event, ctx: &mut Ctx<'_>) {
+        if let State::Connecting { .. } = self.state {
+            // The event that says the connect finished may also say that the server's first
+            // bytes (a BUSY refusal) and its close are in. Readiness is edge-triggered: it
+            // will not be told again, so the state the connection is now in reads them below.
+            self.finish_connect(ctx);
+        }
+        let input = event.is_readable() || event.is_read_closed() || event.is_error();
         match self.state {
-            State::Down { .. } => {}
-            State::Connecting { .. } => self.finish_connect(ctx),
+            State::Down { .. } | State::Connecting { .. } => {}
             State::Hello { .. } => {
                 if let Err(kind) = self.flush() {
                     self.fail(ctx, kind);
                     return;
                 }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if input {
                     match self.read_hello() {
                         Ok(false) => {}
                         Ok(true) => {
@@ -517,10 +533,17 @@ impl Conn {
                 }
             }
             State::Open => {
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    if let Err(kind) = self.read(ctx) {
-                        self.fail(ctx, kind);
-                        return;
+                if input {
+                    match self.read(ctx) {
+                        Ok(Flow::Go) => {}
+                        Ok(Flow::Refused) => {
+                            self.refused(ctx);
+                            return;
+                        }
+                        Err(kind) => {
+                            self.fail(ctx, kind);
+                            return;
+                        }
                     }
                 }
                 self.pump(ctx);
@@ -642,9 +665,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads until the socket has nothing more, handling every complete reply.
-    fn read(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ErrorKind> {
-        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
+    /// Reads until the socket has nothing more, handling every complete reply, or until the
+    /// server refuses the connection.
+    fn read(&mut self, ctx: &mut Ctx<'_>) -> Result<Flow, ErrorKind> {
+        let Some(stream) = self.stream.as_mut() else { return Ok(Flow::Go) };
         loop {
             let room = match &mut self.reader {
                 Reader::Frames(r) => r.spare(FRAME_LEN),
@@ -658,23 +682,27 @@ impl Conn {
                 }
                 Ok(n) => {
                     let now = ctx.clock.now();
-                    match &mut self.reader {
+                    let flow = match &mut self.reader {
                         Reader::Frames(r) => {
                             r.commit(n);
-                            read_frames(r, &mut self.inflight, self.protocol, ctx, &self.value, now)?;
+                            read_frames(r, &mut self.inflight, self.protocol, ctx, &self.value, now)?
                         }
                         Reader::Compact(r) => {
                             r.commit(n);
-                            read_compact(r, &mut self.inflight, self.protocol, ctx, &self.value, now)?;
+                            read_compact(r, &mut self.inflight, self.protocol, ctx, &self.value, now)?
                         }
                         Reader::Resp(r) => {
                             r.end += n;
                             let replicas = self.wait.as_ref().map_or(0, |(n, _)| *n);
                             read_resp(r, &mut self.inflight, replicas, ctx, &self.value, now)?;
+                            Flow::Go
                         }
+                    };
+                    if flow == Flow::Refused {
+                        return Ok(Flow::Refused);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flow::Go),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("read from {} failed: {e}", self.slot);
@@ -742,6 +770,16 @@ impl Conn {
         let now = ctx.clock.now();
         ctx.recorder.record_error(kind, 1, now);
         self.close(ctx, ErrorKind::Unanswered);
+    }
+
+    /// Closes a connection the server refused (BUSY): the server closes it (counted as
+    /// `closed`, as when it does so first), and every request still in flight was refused
+    /// with it (`status:BUSY`). Nothing more is sent on it, nor read: it reconnects after
+    /// [`RECONNECT_DELAY_NS`], as any closed connection.
+    fn refused(&mut self, ctx: &mut Ctx<'_>) {
+        log::debug!("connection {} refused by the server (BUSY)", self.slot);
+        ctx.recorder.record_error(ErrorKind::Closed, 1, ctx.clock.now());
+        self.close(ctx, ErrorKind::Status(Status::BUSY));
     }
 
     /// Closes the connection, counting each request in flight as `lost`; it reconnects after
@@ -887,7 +925,7 @@ fn complete(ctx: &mut Ctx<'_>, req: InFlight, outcome: Outcome<'_>, base_value: 
     }
 }
 
-/// Handles every whole fixed frame.
+/// Handles every whole fixed frame, up to a refusal.
 fn read_frames(
     reader: &mut FrameReader,
     inflight: &mut VecDeque<InFlight>,
@@ -895,25 +933,27 @@ fn read_frames(
     ctx: &mut Ctx<'_>,
     base_value: &[u8],
     now: u64,
-) -> Result<(), ErrorKind> {
+) -> Result<Flow, ErrorKind> {
     while let Some(bytes) = reader.next_frame() {
-        if inflight.is_empty() {
-            log::warn!("a reply arrived with no request in flight");
-            return Err(ErrorKind::Unexpected);
-        }
         let frame = match Frame::decode(bytes) {
             Ok(frame) => frame,
+            Err(_) if inflight.is_empty() => {
+                log::warn!("a reply arrived with no request in flight");
+                return Err(ErrorKind::Unexpected);
+            }
             Err(e) => {
                 log::warn!("undecodable reply: {e}");
                 return Err(ErrorKind::Decode);
             }
         };
-        handle_frame(&frame, FRAME_LEN, inflight, protocol, ctx, base_value, now)?;
+        if handle_frame(&frame, FRAME_LEN, inflight, protocol, ctx, base_value, now)? == Flow::Refused {
+            return Ok(Flow::Refused);
+        }
     }
-    Ok(())
+    Ok(Flow::Go)
 }
 
-/// Handles every whole compact frame.
+/// Handles every whole compact frame, up to a refusal.
 fn read_compact(
     reader: &mut CompactReader,
     inflight: &mut VecDeque<InFlight>,
@@ -921,22 +961,32 @@ fn read_compact(
     ctx: &mut Ctx<'_>,
     base_value: &[u8],
     now: u64,
-) -> Result<(), ErrorKind> {
+) -> Result<Flow, ErrorKind> {
     loop {
         let frame = match reader.next_frame() {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(Flow::Go),
             Err(e) => {
                 log::warn!("undecodable reply: {e}");
                 return Err(ErrorKind::Decode);
             }
         };
         let len = frame.encoded_len(wire::Framing::Compact);
-        handle_frame(&frame, len, inflight, protocol, ctx, base_value, now)?;
+        if handle_frame(&frame, len, inflight, protocol, ctx, base_value, now)? == Flow::Refused {
+            return Ok(Flow::Refused);
+        }
     }
 }
 
-/// Matches one reply frame, `len` bytes on the wire, to the oldest request in flight.
+/// Whether `frame` is the server refusing the connection: BUSY, at its connection limit,
+/// which it sends as a connection opens, before reading anything, and then closes the
+/// connection (PROTOCOL.md).
+fn refuses(frame: &Frame<'_>) -> bool {
+    frame.is_reply() && frame.status() == Status::BUSY
+}
+
+/// Matches one reply frame, `len` bytes on the wire, to the oldest request in flight. A
+/// refusal answers that request, and ends the connection.
 fn handle_frame(
     frame: &Frame<'_>,
     len: usize,
@@ -945,8 +995,12 @@ fn handle_frame(
     ctx: &mut Ctx<'_>,
     base_value: &[u8],
     now: u64,
-) -> Result<(), ErrorKind> {
+) -> Result<Flow, ErrorKind> {
     let Some(&req) = inflight.front() else {
+        if refuses(frame) {
+            // Refused before anything was sent on it: no request to count.
+            return Ok(Flow::Refused);
+        }
         log::warn!("a reply arrived with no request in flight");
         return Err(ErrorKind::Unexpected);
     };
@@ -960,7 +1014,7 @@ fn handle_frame(
     }
     inflight.pop_front();
     complete(ctx, req, outcome, base_value, now);
-    Ok(())
+    Ok(if refuses(frame) { Flow::Refused } else { Flow::Go })
 }
 
 /// Handles every complete RESP reply; `replicas` is `--wait`'s N (for the `WAIT` replies).

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bench, describe, fake_tandem, json_lines, Fault};
+use common::{bench, describe, fake_busy, fake_tandem, json_lines, Fault};
 use wire::Status;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -96,6 +96,24 @@ fn dropped_connections_are_counted_and_reopened() {
     let unanswered = kinds["unanswered"].as_u64().unwrap_or(0);
     assert!(ops >= 100, "reconnected and went on: {line}");
     assert_eq!(ops + unanswered, 400, "every request is answered or counted lost: {line}");
+}
+
+/// A server at its connection limit sends BUSY as a connection opens and closes it a little
+/// later. The BUSY answers the request in flight, and every other one in flight with it, and
+/// ends the connection: nothing more is sent on it (it would be lost, `unanswered`, when the
+/// close comes), and it reopens after the usual delay.
+#[test]
+fn a_busy_refusal_ends_the_connection_at_once() {
+    let server = fake_busy(Duration::from_millis(50));
+    let addr = server.addr.to_string();
+    let out = bench(&["-s", &addr, "-c", "1", "-P", "2", "-n", "6", "-t", "put", "--json"], LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let line = &json_lines(&out)[0];
+    let kinds = &line["errors_by_kind"];
+    assert_eq!(line["ops"], 0, "{line}");
+    assert_eq!(line["errors"], 9, "{line}");
+    assert_eq!(kinds["status:BUSY"], 6, "every request was refused: {line}");
+    assert_eq!(kinds["closed"], 3, "three connections, each refused and closed once: {line}");
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! it: standalone that is immediate (or the group commit); in a cluster it is every backup's
 //! acknowledgement.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,10 @@ const FIRST_CONN: usize = 16;
 
 /// How often idle connections are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most connections refused with BUSY that are kept open until the next sweep.
+const REFUSED_HELD: usize = 64;
+/// How long a refused connection stays open at least.
+const REFUSED_LINGER: Duration = Duration::from_millis(200);
 /// An idle connection's buffers are freed after this long without traffic.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// How long shutdown waits for replies to drain to slow clients.
@@ -138,6 +143,10 @@ pub struct Server {
     ready: Vec<usize>,
     /// Connections with replies waiting for the commit point.
     held: Vec<usize>,
+    /// Connections refused with BUSY, kept open (unregistered) until the next sweep: closing
+    /// one at once while its first request is still unread would reset it, and a reset can
+    /// destroy the BUSY reply before the client reads it. At most [`REFUSED_HELD`].
+    refused: VecDeque<(TcpStream, Instant)>,
     /// Where every read lands: a partial frame carried over, then one read's bytes.
     scratch_in: Vec<u8>,
     /// Where replies are encoded before going straight to a socket.
@@ -219,6 +228,7 @@ impl Server {
             conns: Slab::with_capacity(64),
             ready: Vec::new(),
             held: Vec::new(),
+            refused: VecDeque::new(),
             scratch_in: vec![0; FRAME_LEN + READ_CHUNK],
             scratch_out: Replies { buf: Vec::with_capacity(READ_CHUNK), framing: Framing::Fixed },
             scratch_gates: Vec::new(),
@@ -452,7 +462,11 @@ impl Server {
             if self.conns.len() >= self.config.max_connections {
                 self.node.stats.connections_refused += 1;
                 log::warn!("refusing {peer}: at the limit of {} connections", self.config.max_connections);
-                refuse_busy(stream);
+                if let Some(stream) = refuse_busy(stream) {
+                    if self.refused.len() < REFUSED_HELD {
+                        self.refused.push_back((stream, now));
+                    }
+                }
                 continue;
             }
             configure_socket(&stream, &self.config);
@@ -559,7 +573,9 @@ impl Server {
                 let start = self.scratch_out.buf.len();
                 let outcome = match conn.session.framing {
                     Framing::Fixed => {
-                        let Some(bytes) = self.scratch_in[at..filled].first_chunk::<FRAME_LEN>() else { break };
+                        let Some(bytes) = self.scratch_in[at..filled].first_chunk::<FRAME_LEN>() else {
+                            break;
+                        };
                         let sealed = self.cluster.as_ref().map(|c| c.has_key());
                         // A handshake needs AUTH first when the server has a token and the
                         // cluster no secret; with a secret, its MAC is what lets it in.
@@ -761,6 +777,12 @@ impl Server {
 
     /// Closes idle connections and frees the buffers of quiet ones.
     fn sweep(&mut self, now: Instant) {
+        while self.refused.front().is_some_and(|(_, at)| now.saturating_duration_since(*at) >= REFUSED_LINGER)
+        {
+            if let Some((stream, _)) = self.refused.pop_front() {
+                close_refused(stream);
+            }
+        }
         let timeout = self.config.idle_timeout;
         let mut expired = Vec::new();
         let mut drained = Vec::new();
@@ -900,11 +922,24 @@ fn configure_socket(stream: &TcpStream, config: &Config) {
     }
 }
 
-/// Tells a connection over the limit why it is closed, if its socket takes the frame at once.
-fn refuse_busy(mut stream: TcpStream) {
+/// Tells a connection over the limit why it is closed, if its socket takes the frame at once,
+/// and half-closes it; returns it if the frame went out, to be closed a little later.
+fn refuse_busy(mut stream: TcpStream) -> Option<TcpStream> {
     let mut frame = [0u8; FRAME_LEN];
     let reply = Frame::reply_to(0, Command(0), Status::BUSY, b"too many connections");
-    if reply.encode(&mut frame).is_ok() {
-        let _ = stream.write(&frame);
+    reply.encode(&mut frame).ok()?;
+    match stream.write(&frame) {
+        Ok(FRAME_LEN) => {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            Some(stream)
+        }
+        _ => None,
     }
+}
+
+/// Closes a refused connection after reading what its peer sent meanwhile (so that the close
+/// does not reset it, if the peer sent nothing more).
+fn close_refused(mut stream: TcpStream) {
+    let mut sink = [0u8; FRAME_LEN];
+    while matches!(std::io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {}
 }

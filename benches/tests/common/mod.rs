@@ -338,6 +338,42 @@ pub fn fake_tandem_hello(fault: Fault, hello: HelloMode) -> FakeServer {
 /// Which byte CorruptValues flips: inside the verify header, so only --verify notices.
 const VERIFY_OFFSET: usize = 9;
 
+/// A Tandem server always at its connection limit: as each connection opens it sends the
+/// BUSY refusal (id 0, command 0), reads nothing for `close_after`, then closes the
+/// connection (after reading what came meanwhile, so the close resets nothing). `requests`
+/// counts the frames received but PINGs.
+pub fn fake_busy(close_after: Duration) -> FakeServer {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    serve_forever(listener, move |mut stream| {
+        let _ = stream.set_nodelay(true);
+        let mut out = [0u8; FRAME_LEN];
+        let busy = Frame::reply_to(0, Op(0), Status::BUSY, b"too many connections");
+        busy.encode(&mut out).expect("fits");
+        if stream.write_all(&out).is_err() {
+            return;
+        }
+        thread::sleep(close_after);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; FRAME_LEN];
+        while let Some(frame) = read_frame(&mut stream, &mut buf, false) {
+            if frame.command != Op::PING {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    FakeServer {
+        addr,
+        requests,
+        waits: Arc::default(),
+        hellos: Arc::default(),
+        after_refusal: Arc::default(),
+    }
+}
+
 /// Reads one RESP command (an array of bulk strings); `None` at end of stream.
 fn read_command(reader: &mut BufReader<TcpStream>) -> Option<Vec<Vec<u8>>> {
     let mut line = String::new();

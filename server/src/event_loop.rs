@@ -183,10 +183,10 @@ impl Server {
             segment_len: config.segment_len,
             ..storage::Options::default()
         };
-        let store = Store::open(&config.data_dir, options).map_err(ServerError::Storage)?;
-        let poll = Poll::new().map_err(io_err("creating the poll"))?;
         let mut listener = bind_listener(config.listen, config.backlog)
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let store = Store::open(&config.data_dir, options).map_err(ServerError::Storage)?;
+        let poll = Poll::new().map_err(io_err("creating the poll"))?;
         let local_addr = listener.local_addr().map_err(io_err("reading the bound address"))?;
         let metrics = match config.metrics {
             Some(addr) => {

@@ -48,7 +48,7 @@ fn keyspace(size: usize) -> usize {
 }
 
 fn opts(durability: Durability) -> Options {
-    Options { durability, compact_min_dead_bytes: u64::MAX, ..Options::default() }
+    Options { durability, compact_min_dead_bytes: Some(u64::MAX), ..Options::default() }
 }
 
 /// Keeps the disk bounded between measurements (untimed).

@@ -32,7 +32,7 @@ fn main() {
     for n in counts {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store =
-            Store::open(dir.path(), Options { compact_min_dead_bytes: u64::MAX, ..Options::default() })
+            Store::open(dir.path(), Options { compact_min_dead_bytes: Some(u64::MAX), ..Options::default() })
                 .expect("open");
         let value = [0x42u8; 100];
         let (rss0, anon0, file0) = status();

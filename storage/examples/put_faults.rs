@@ -24,7 +24,7 @@ fn faults() -> (i64, i64) {
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = Options { compact_min_dead_bytes: u64::MAX, ..Options::default() };
+    let opts = Options { compact_min_dead_bytes: Some(u64::MAX), ..Options::default() };
     let mut store = Store::open(dir.path(), opts).expect("open");
     let keys: Vec<Vec<u8>> = (0..10_000).map(|i| format!("key-{i:012}").into_bytes()).collect();
     let value = vec![0xabu8; 4000];

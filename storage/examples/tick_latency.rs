@@ -13,7 +13,7 @@ use storage::{Options, Store, WriteMeta};
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(400_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = Options { segment_len: 16 << 20, compact_min_dead_bytes: 8 << 20, ..Options::default() };
+    let opts = Options { segment_len: 16 << 20, compact_min_dead_bytes: Some(8 << 20), ..Options::default() };
     let mut store = Store::open(dir.path(), opts).expect("open");
     let value = [7u8; 100];
     for _ in 0..2 {

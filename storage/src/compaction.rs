@@ -26,7 +26,8 @@
 //!    marker `COMPACT.tmp` listing the obsolete and new segment ids with a CRC, fsync it, rename
 //!    it to `COMPACT` (the commit point), fsync the directory. Flushing the other segments first matters: an input may hold a durable
 //!    value whose overwrite has not been flushed yet, and deleting the input must not leave
-//!    neither. Crash before the rename: as in 2. After: see 4.
+//!    neither. Crash before the rename: as in 2. After: see 4. No space for the table or the
+//!    marker: nothing is committed, and the job runs again later (`CommitError::NoSpace`).
 //! 4. **Clean up** (background thread): rename each output to `*.seg`, fsync the directory, unmap
 //!    and delete the inputs (or rename them to `*.free` while that pool holds fewer than eight
 //!    files: the next log segments are recycled from it; recovery deletes `*.free` like any
@@ -80,6 +81,9 @@ pub(crate) enum State {
     Copying(Box<Copying>),
     /// Waiting for the background thread to commit and clean up the outputs with these ids.
     Committing(Vec<u64>),
+    /// The commit found no space for its small files and committed nothing; it is submitted
+    /// again at the instant given (see `CommitError::NoSpace`).
+    Deferred(Box<CommitJob>, Instant),
 }
 
 /// Progress of the copy phase.
@@ -128,6 +132,17 @@ pub(crate) struct CommitJob {
     /// The at-most-once table's file image (`clients`), written before any input is deleted;
     /// handed back with the result for reuse.
     pub clients: Vec<u8>,
+    /// Test hook: this many more runs of the job find no space for the client table.
+    #[cfg(test)]
+    no_space: u32,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: the next compaction commit begun on this thread finds no space for its client
+    /// table this many times (the commit runs on the background thread, so the count travels
+    /// with the job).
+    pub(crate) static COMMIT_NO_SPACE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl Store {
@@ -137,9 +152,17 @@ impl Store {
     /// segment had when written (a compaction output starts with the tombstones it had to keep),
     /// and not in log segments the retention pin protects. Otherwise kept tombstones or pinned
     /// segments could trigger compaction after compaction with nothing to take.
+    ///
+    /// The minimum defaults to half a segment, so one sealed, fully dead segment is enough at any
+    /// segment size. Under space pressure (an allocation failed for lack of space since the last
+    /// commit) any reclaimable byte is enough: nothing else can make room on a full disk.
     pub(crate) fn should_compact(&self) -> bool {
         if self.poisoned || !matches!(self.compaction, State::Idle) || self.compaction_held() {
             return false;
+        }
+        let min_dead = self.opts.compact_min_dead_bytes.unwrap_or(self.opts.segment_len / 2);
+        if min_dead == u64::MAX {
+            return false; // automatic compaction is off
         }
         let (mut used, mut reclaimable) = (0u64, 0u64);
         for s in self.segments.iter().flatten() {
@@ -148,8 +171,11 @@ impl Store {
                 reclaimable += s.reclaimable_bytes();
             }
         }
+        if self.space_pressure {
+            return reclaimable > 0;
+        }
         reclaimable > 0
-            && reclaimable >= self.opts.compact_min_dead_bytes
+            && reclaimable >= min_dead
             && reclaimable as f64 >= self.opts.compact_dead_ratio * used as f64
     }
 
@@ -207,6 +233,12 @@ impl Store {
 
     /// The compaction part of `tick`: start one if due, or run one bounded step.
     pub(crate) fn compaction_tick(&mut self, now: Instant) -> Result<(), StorageError> {
+        if let State::Deferred(_, at) = &self.compaction {
+            if now >= *at {
+                self.resubmit_commit();
+            }
+            return Ok(());
+        }
         if matches!(self.compaction, State::Idle) {
             if !self.should_compact() {
                 return Ok(());
@@ -274,10 +306,20 @@ impl Store {
     }
 
     /// Drives a compaction in progress to completion.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSpace`] if an output cannot be allocated or the commit, tried again,
+    /// still finds no space (the compaction stays in progress); others as for `tick`.
     pub(crate) fn finish_compaction(&mut self) -> Result<(), StorageError> {
+        let mut retried = false;
         loop {
             match self.compaction {
                 State::Idle => return Ok(()),
+                State::Deferred(..) if retried => return Err(StorageError::NoSpace),
+                State::Deferred(..) => {
+                    retried = true;
+                    self.resubmit_commit();
+                }
                 State::Copying(_) if self.compaction_held() => return Ok(()),
                 State::Copying(_) => {
                     if self.copy_step(None)? {
@@ -408,7 +450,10 @@ impl Store {
         let largest = format::record_len(self.opts.max_key_len, self.opts.max_value_len) as u64;
         let want = c.estimate.saturating_sub(c.copied_bytes) + (SEGMENT_HEADER_LEN + len) as u64 + largest;
         let seg_len = want.next_multiple_of(4096).clamp(crate::MIN_SEGMENT_LEN, self.opts.segment_len);
-        let seg = Segment::create(&self.dir, id, SegmentKind::Compacted, seg_len, self.last_lsn, "tmp")?;
+        // On a full disk a smaller output (down to this record's size) still makes progress:
+        // the copy continues into another output when it is full.
+        let min = ((SEGMENT_HEADER_LEN + len) as u64).next_multiple_of(4096).min(seg_len);
+        let seg = self.allocate(id, SegmentKind::Compacted, seg_len, min, self.last_lsn, "tmp")?;
         seg.advise_random();
         self.next_segment_id += 1;
         let slot = self.add_segment(seg);
@@ -482,8 +527,30 @@ impl Store {
             step_delay: self.opts.debug_commit_step_delay,
             segment_len: self.opts.segment_len,
             clients,
+            #[cfg(test)]
+            no_space: COMMIT_NO_SPACE.replace(0),
         };
         self.worker.submit(crate::worker::Job::Commit(Box::new(job)));
+    }
+
+    /// Takes back a commit that found no space for its small files (see `CommitError::NoSpace`)
+    /// to submit it again later; meanwhile no compaction starts, and compaction thresholds are
+    /// those of a full disk.
+    pub(crate) fn commit_deferred(&mut self, job: Box<CommitJob>) {
+        log::warn!(
+            "compaction commit deferred: no space for the client table or the commit marker; retrying in {:?}",
+            NO_SPACE_RETRY
+        );
+        self.space_pressure = true;
+        self.compaction = State::Deferred(job, Instant::now() + NO_SPACE_RETRY);
+    }
+
+    /// Submits a deferred commit again.
+    fn resubmit_commit(&mut self) {
+        if let State::Deferred(job, _) = std::mem::replace(&mut self.compaction, State::Idle) {
+            self.compaction = State::Committing(job.outputs.iter().map(|o| o.0).collect());
+            self.worker.submit(crate::worker::Job::Commit(job));
+        }
     }
 
     /// Applies the background thread's verdict on a commit.
@@ -508,6 +575,9 @@ impl Store {
         }
         self.apply_marks(marks);
         self.compactions += 1;
+        // It freed what it could; the next allocation failure, if any, says whether that was
+        // enough.
+        self.space_pressure = false;
         self.durable_lsn = self.durable_lsn.max(lsn);
         let stats = self.stats();
         self.recompute_log_start();
@@ -521,9 +591,39 @@ impl Store {
     }
 }
 
+impl CommitJob {
+    /// Gives up a deferred commit (`Store::wipe`): its inputs, which left the store's table when
+    /// the commit began, are deleted (their records are in the outputs, which the caller deletes
+    /// with the table).
+    pub(crate) fn abandon(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.obsolete_segments.clear();
+        for (_, path) in &self.obsolete {
+            remove_if_exists(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a commit did not complete.
+pub(crate) enum CommitError {
+    /// No space for the client table or the marker: nothing is committed (the directory is as
+    /// before the compaction, plus its `*.tmp` outputs), so the job can run again later. Only
+    /// space freed elsewhere can help, and poisoning the store for it would stop every write
+    /// until a restart.
+    NoSpace,
+    /// Anything else, or any failure after the commit point: the store must be poisoned.
+    Failed(StorageError),
+}
+
 /// The commit and clean-up, run on the background thread. Each step is described in the module
-/// docs; the order is what makes it crash-safe.
-pub(crate) fn commit(job: CommitJob, clients: &[u8]) -> Result<(), StorageError> {
+/// docs; the order is what makes it crash-safe. The job's input mappings are dropped once the
+/// commit point is passed.
+pub(crate) fn commit(job: &mut CommitJob) -> Result<(), CommitError> {
+    #[cfg(test)]
+    if job.no_space > 0 {
+        job.no_space -= 1;
+        return Err(CommitError::NoSpace);
+    }
     let CommitJob {
         dir,
         dir_file,
@@ -531,47 +631,60 @@ pub(crate) fn commit(job: CommitJob, clients: &[u8]) -> Result<(), StorageError>
         outputs,
         obsolete,
         obsolete_segments,
-        lsn: _,
-        marks: _,
         step_delay,
         segment_len,
-        clients: _,
+        clients,
+        ..
     } = job;
     let pause = || {
         if !step_delay.is_zero() {
-            std::thread::sleep(step_delay);
+            std::thread::sleep(*step_delay);
         }
     };
     let sync_dir =
         || dir_file.sync_all().map_err(|e| StorageError::io(format!("fsync directory {}", dir.display()), e));
-    for f in &flush {
-        f.sync_data().map_err(|e| StorageError::io("fdatasync before compaction commit", e))?;
+    let failed = CommitError::Failed;
+    // A failed flush may have lost data (fsyncgate): never retried, whatever the error.
+    for f in flush.iter() {
+        f.sync_data().map_err(|e| failed(StorageError::io("fdatasync before compaction commit", e)))?;
     }
+    let no_space_or_failed = |e| match e {
+        StorageError::NoSpace => CommitError::NoSpace,
+        e => CommitError::Failed(e),
+    };
     // Before the commit point: once `COMPACT` exists, recovery deletes the inputs, and the ids
     // of the records they drop must be in the table file by then.
-    crate::clients::write_file(&dir, clients)?;
-    sync_dir()?;
+    crate::clients::write_file(dir, clients).map_err(no_space_or_failed)?;
+    sync_dir().map_err(failed)?;
     pause();
     let new_ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
     let old_ids: Vec<u64> = obsolete.iter().map(|o| o.0).collect();
-    write_marker(&dir, &old_ids, &new_ids)?;
-    sync_dir()?;
-    pause();
-    for (_, tmp, fin) in &outputs {
-        fs::rename(tmp, fin).map_err(|e| StorageError::io(format!("rename {}", tmp.display()), e))?;
+    // Its last step, the rename, is the commit point: any error it returns is from before it.
+    write_marker(dir, &old_ids, &new_ids).map_err(no_space_or_failed)?;
+    let after = || -> Result<(), StorageError> {
+        sync_dir()?;
         pause();
-    }
-    sync_dir()?;
-    drop(obsolete_segments);
-    for (id, path) in &obsolete {
-        crate::segment::retire(&dir, *id, path, segment_len)
-            .map_err(|e| StorageError::io(format!("remove {}", path.display()), e))?;
-        pause();
-    }
-    sync_dir()?;
-    remove_if_exists(&dir.join(MARKER))?;
-    sync_dir()?;
-    Ok(())
+        for (_, tmp, fin) in outputs.iter() {
+            fs::rename(tmp, fin).map_err(|e| StorageError::io(format!("rename {}", tmp.display()), e))?;
+            pause();
+        }
+        sync_dir()?;
+        Ok(())
+    };
+    after().map_err(failed)?;
+    obsolete_segments.clear();
+    let after = || -> Result<(), StorageError> {
+        for (id, path) in obsolete.iter() {
+            crate::segment::retire(dir, *id, path, *segment_len)
+                .map_err(|e| StorageError::io(format!("remove {}", path.display()), e))?;
+            pause();
+        }
+        sync_dir()?;
+        remove_if_exists(&dir.join(MARKER))?;
+        sync_dir()?;
+        Ok(())
+    };
+    after().map_err(failed)
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StorageError> {

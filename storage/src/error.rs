@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::Lsn;
 
@@ -14,7 +14,8 @@ use crate::Lsn;
 pub enum Corruption {
     /// The segment header's magic, version, length or checksum is wrong.
     BadSegmentHeader,
-    /// The file is shorter than its header says: bytes were cut off the end.
+    /// The file is shorter than its header says, or than a header (emptied): bytes were cut off
+    /// the end.
     Truncated,
     /// A record header holds an unknown kind, non-zero reserved bits or a length that runs past the
     /// end of the segment.
@@ -33,7 +34,7 @@ impl fmt::Display for Corruption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Corruption::BadSegmentHeader => "bad segment header",
-            Corruption::Truncated => "file shorter than its header says (truncated)",
+            Corruption::Truncated => "file shorter than its header says, or than a header (truncated)",
             Corruption::BadRecordHeader => "bad record header",
             Corruption::ChecksumMismatch => "record checksum mismatch",
             Corruption::GarbageAfterEnd => "non-zero bytes after the end of the log",
@@ -58,6 +59,8 @@ pub enum StorageError {
     NoSpace,
     /// Stored data failed verification. Nothing is changed on disk;
     /// [`Store::repair`](crate::Store::repair) keeps every valid record and reports what it drops.
+    /// The message names the command that runs it (`tandem-server --repair --data DIR`), since
+    /// whoever reads it (in a server's log) has a stopped server and needs the way out.
     Corrupt {
         /// The damaged file.
         file: PathBuf,
@@ -137,7 +140,16 @@ impl fmt::Display for StorageError {
             StorageError::Io { context, source } => write!(f, "{context}: {source}"),
             StorageError::NoSpace => f.write_str("no space left on the storage device"),
             StorageError::Corrupt { file, offset, reason } => {
-                write!(f, "corrupt data in {} at offset {offset}: {reason}", file.display())
+                // Every file the store verifies lies in the data directory itself.
+                let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                write!(
+                    f,
+                    "corrupt data in {} at offset {offset}: {reason}; the store refuses to open. To keep \
+                     every valid record and drop the damaged ranges (listed as it runs), stop the server \
+                     and run `tandem-server --repair --data {}`",
+                    file.display(),
+                    dir.display()
+                )
             }
             StorageError::KeyTooLong { len, max } => {
                 write!(f, "key of {len} bytes is longer than the limit of {max}")

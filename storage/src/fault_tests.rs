@@ -26,6 +26,10 @@ enum Op {
     DiskFull {
         n: u32,
     },
+    /// A small disk: `extra` bytes free beyond what the directory holds now.
+    DiskQuota {
+        extra: u64,
+    },
     DiskFreed,
     /// The next flush fails with EIO.
     FailSync,
@@ -41,6 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..16).prop_map(|key| Op::Delete { key }),
         3 => (0u8..16, 0usize..300).prop_map(|(key, len)| Op::Append { key, len }),
         1 => (0u32..3).prop_map(|n| Op::DiskFull { n }),
+        1 => (0u64..160).prop_map(|kib| Op::DiskQuota { extra: kib << 10 }),
         2 => Just(Op::DiskFreed),
         1 => Just(Op::FailSync),
         2 => Just(Op::Sync),
@@ -53,8 +58,11 @@ fn op() -> impl Strategy<Value = Op> {
 fn opts() -> Options {
     Options {
         segment_len: 16 << 10,
-        compact_min_dead_bytes: 4 << 10,
+        compact_min_dead_bytes: Some(4 << 10),
         compact_dead_ratio: 0.3,
+        // Keeps the room segment allocations leave free (`Options::space_reserve`) at 68 KiB,
+        // so that `DiskQuota` can make a disk with room for a few segments.
+        max_clients: 64,
         ..Options::default()
     }
 }
@@ -118,7 +126,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 })?;
             }
             Op::DiskFull { n } => segment::ALLOCS_BEFORE_ENOSPC.set(Some(n)),
-            Op::DiskFreed => segment::ALLOCS_BEFORE_ENOSPC.set(None),
+            Op::DiskQuota { extra } => segment::DISK_QUOTA.set(Some(segment::dir_usage(dir.path()) + extra)),
+            Op::DiskFreed => {
+                segment::ALLOCS_BEFORE_ENOSPC.set(None);
+                segment::DISK_QUOTA.set(None);
+            }
             Op::FailSync => {
                 segment::FAIL_NEXT_FLUSH.set(true);
                 let r = store.sync();
@@ -146,6 +158,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // Reopening needs no new segment unless the directory has none.
                 drop(store);
                 segment::ALLOCS_BEFORE_ENOSPC.set(None);
+                segment::DISK_QUOTA.set(None);
                 store = Store::open(dir.path(), opts()).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 poisoned = false;
             }
@@ -160,6 +173,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
     segment::ALLOCS_BEFORE_ENOSPC.set(None);
+    segment::DISK_QUOTA.set(None);
     drop(store);
     let store = Store::open(dir.path(), opts()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     for k in 0..16u8 {
@@ -181,6 +195,7 @@ proptest! {
         let result = run(ops);
         // The hooks are per thread; leave this one clean for the next case.
         segment::ALLOCS_BEFORE_ENOSPC.set(None);
+        segment::DISK_QUOTA.set(None);
         segment::FAIL_NEXT_FLUSH.set(false);
         result?;
     }

@@ -84,9 +84,15 @@ impl Store {
             self.handle_done(done)?;
         }
         self.discard_prepared();
-        self.compaction = compaction::State::Idle;
-        self.install = None;
         let (mut files, mut failed) = (0usize, None);
+        if let compaction::State::Deferred(job, _) =
+            std::mem::replace(&mut self.compaction, compaction::State::Idle)
+        {
+            if let Err(e) = job.abandon() {
+                failed.get_or_insert(e);
+            }
+        }
+        self.install = None;
         for slot in 0..self.segments.len() as u32 {
             if let Some(seg) = self.take_segment(slot) {
                 let path = seg.path.clone();
@@ -216,7 +222,15 @@ impl Store {
             self.seg_mut(last).sealed = true;
         }
         let id = self.next_segment_id;
-        let seg = Segment::create(&self.dir, id, SegmentKind::Compacted, self.opts.segment_len, 0, "tmp")?;
+        let seg = Segment::create(
+            &self.dir,
+            id,
+            SegmentKind::Compacted,
+            self.opts.segment_len,
+            0,
+            "tmp",
+            self.space_reserve(),
+        )?;
         // Written on the caller's thread without prefaulting: see `Segment::advise_random`.
         seg.advise_random();
         self.next_segment_id += 1;
@@ -262,7 +276,15 @@ impl Store {
             self.handle_done(done)?;
         }
         let id = self.next_segment_id;
-        let log = Segment::create(&self.dir, id, SegmentKind::Log, self.opts.segment_len, upto.0, "tmp")?;
+        let log = Segment::create(
+            &self.dir,
+            id,
+            SegmentKind::Log,
+            self.opts.segment_len,
+            upto.0,
+            "tmp",
+            self.space_reserve(),
+        )?;
         log.advise_random();
         self.next_segment_id += 1;
         match self.commit_install(&slots, log, upto.0) {

@@ -26,8 +26,10 @@
 //! A data directory holds `LOCK` (an exclusive `flock` while a store is open),
 //! `<16 hex digits>.seg` segment files, `CLIENTS` (the at-most-once table as of some LSN), and
 //! transiently `*.new` (a segment being created), `*.tmp` (compaction or install outputs not yet
-//! committed), `COMPACT` (a committed compaction or install whose clean-up may be unfinished) and
-//! `CLIENTS.tmp`.
+//! committed), `*.free` (retired segments kept for reuse), `COMPACT` (a committed compaction or
+//! install whose clean-up may be unfinished) and `CLIENTS.tmp`. A segment's header is on disk
+//! before its file is renamed to `.seg`, so an interrupted creation is always a `*.new` or
+//! `*.tmp` file (deleted on open) and a `.seg` file without a valid header is corruption.
 //!
 //! # Durability contract
 //!
@@ -43,7 +45,8 @@
 //! - Recovery keeps every record whose checksum is valid; only a torn record at the end of the
 //!   newest log segment (the write in progress when the process died) is cut, and logged. Any
 //!   other damage makes [`Store::open`] fail with [`StorageError::Corrupt`] naming file and
-//!   offset; [`Store::repair`] then keeps every valid record and reports what it drops.
+//!   offset (and the command that repairs, `tandem-server --repair --data DIR`);
+//!   [`Store::repair`] then keeps every valid record and reports what it drops.
 //! - Compaction never loses or resurrects data, whenever the process dies: see `compaction`.
 #![deny(missing_docs)]
 
@@ -152,17 +155,27 @@ impl FromStr for Durability {
 /// Store configuration. `Options::default()` suits a server; tests shrink `segment_len`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
-    /// Bytes per segment file, preallocated. A multiple of 4096, large enough for the largest
-    /// record, at most 4 GiB - 4 KiB. Default 64 MiB.
+    /// Bytes per log segment file, preallocated. A multiple of 4096, large enough for the
+    /// largest record, at most 4 GiB - 4 KiB. Default 64 MiB. The first log segment of a new
+    /// (or wiped) store is smaller ([`FIRST_LOG_SEGMENT_LEN`]) and each next one twice the
+    /// previous, up to this, so that a new store takes little disk; compaction outputs are sized
+    /// by what they keep.
     pub segment_len: u64,
     /// When writes are flushed. Default [`Durability::Never`].
     pub durability: Durability,
-    /// Compaction starts when dead bytes are at least this share of all record bytes
-    /// (and at least `compact_min_dead_bytes`). In (0, 1]. Default 0.5.
+    /// Compaction starts when reclaimable dead bytes are at least this share of all record
+    /// bytes (and at least `compact_min_dead_bytes`). In (0, 1]. Default 0.5.
     pub compact_dead_ratio: f64,
-    /// ... and at least this many dead bytes have accumulated since the last compaction.
-    /// `u64::MAX` turns automatic compaction off. Default 32 MiB.
-    pub compact_min_dead_bytes: u64,
+    /// ... and at least this many. `None` (the default): half of `segment_len`, so that one
+    /// sealed segment whose records are all dead is enough whatever the segment size (a fixed
+    /// figure above the segment size could never be reached by one segment, and a disk with
+    /// room for one segment and a half then filled up with dead records). `Some(u64::MAX)`
+    /// turns automatic compaction off.
+    ///
+    /// After a segment allocation failed for lack of space, both thresholds are lowered to
+    /// "any reclaimable byte" until a compaction commits: on a full disk, reclaiming dead bytes
+    /// is the only way writes can go on.
+    pub compact_min_dead_bytes: Option<u64>,
     /// Longest key accepted. Default `wire::header::MAX_KEY_LEN` (1024); at most 65535.
     pub max_key_len: usize,
     /// Longest value accepted. Default `wire::header::MAX_PAYLOAD_LEN` (4048).
@@ -193,7 +206,7 @@ impl Default for Options {
             segment_len: 64 << 20,
             durability: Durability::Never,
             compact_dead_ratio: 0.5,
-            compact_min_dead_bytes: 32 << 20,
+            compact_min_dead_bytes: None,
             max_key_len: wire::header::MAX_KEY_LEN,
             max_value_len: wire::header::MAX_PAYLOAD_LEN,
             max_payload_len: wire::header::MAX_PAYLOAD_LEN,
@@ -207,6 +220,11 @@ impl Default for Options {
 
 /// Smallest segment accepted.
 pub const MIN_SEGMENT_LEN: u64 = 16 << 10;
+/// Length of the first log segment of a new store (at most [`Options::segment_len`], at least
+/// what the largest record needs); each later one is twice the one before, up to
+/// `segment_len`. A new store then takes 1 MiB of disk, not 64, and a writer reaches full-size
+/// segments after 127 MiB.
+pub const FIRST_LOG_SEGMENT_LEN: u64 = 1 << 20;
 /// Largest segment accepted (offsets in the index are 32 bits).
 pub const MAX_SEGMENT_LEN: u64 = (u32::MAX as u64) & !4095;
 
@@ -237,6 +255,14 @@ impl Options {
             return Err(bad("durability interval must be at least 1 ms"));
         }
         Ok(())
+    }
+
+    /// Bytes a segment allocation leaves free on the file system: room for what a compaction
+    /// commit writes besides segments (the at-most-once table, 32 bytes per client, and the
+    /// marker), so that on a nearly full disk segments cannot take the space that the commit
+    /// which frees space needs. 3.3 MB with the default `max_clients`.
+    pub(crate) fn space_reserve(&self) -> u64 {
+        (self.max_clients as u64 * 32 + (64 << 10)).next_multiple_of(4096)
     }
 
     /// The longest value allowed beside a key of `key_len` bytes.
@@ -366,8 +392,15 @@ pub struct Store {
     prepared: Option<Segment>,
     /// A `Prepare` job is under way.
     preparing: bool,
-    /// The last `Prepare` failed (disk full?): do not retry until a roll succeeds.
+    /// The last `Prepare` failed (disk full?), or its segment was given up to make room for a
+    /// compaction output: do not prepare again until a roll succeeds.
     prepare_failed: bool,
+    /// An id below the one of the segment being prepared and above every log segment's, kept
+    /// for a roll that cannot wait for it (see [`Store::prepare_next_segment`]).
+    spare_log_id: Option<u64>,
+    /// A segment allocation failed for lack of space since the last compaction commit: compaction
+    /// thresholds drop to "anything reclaimable" (see [`Options::compact_min_dead_bytes`]).
+    space_pressure: bool,
     /// The at-most-once table (see `clients`).
     clients: clients::ClientTable,
     /// A buffer for the table's file image, reused from one compaction commit to the next.
@@ -577,7 +610,7 @@ impl Store {
         let value_len: usize = value.iter().map(|p| p.len()).sum();
         let len = format::record_len(key.len(), value_len);
         if !self.active_segment().is_some_and(|s| s.has_room(len)) {
-            self.roll()?;
+            self.roll_for(len)?;
             // A writer filled a segment: start on the next one at once. A heavy writer fills
             // 64 MiB in ~30 ms, about what preparing a recycled segment takes, so waiting until
             // the new one is an eighth full left half the rolls with nothing prepared (their
@@ -596,10 +629,11 @@ impl Store {
             return Err(StorageError::Poisoned);
         };
         let off = seg.append(&header, key, value, lsn);
+        let seg_len = seg.len();
         self.last_lsn = lsn;
         // Early (an eighth in), so the background thread has time to allocate and prefault the
         // next segment even when a writer fills one in tens of milliseconds.
-        if off as u64 * 8 > self.opts.segment_len && self.prepared.is_none() && !self.preparing {
+        if off as u64 * 8 > seg_len as u64 && self.prepared.is_none() && !self.preparing {
             self.prepare_next_segment();
         }
         let hash = self.index.hash(key);
@@ -674,45 +708,128 @@ impl Store {
         if self.prepare_failed {
             return;
         }
-        let id = self.next_segment_id;
-        self.next_segment_id += 1;
-        self.preparing = self.worker.prepare(self.dir.clone(), id, self.opts.segment_len);
+        // Log segments must be in id order (recovery takes the highest id for the newest) and a
+        // segment's id is on disk before it can be renamed to `.seg`, so a roll that cannot wait
+        // for this one takes the id below it: this one then still follows it in the log. (A
+        // prepared segment that lost that order is given up, see `roll_for`; under a heavy
+        // writer that made every other roll miss its prepared segment.)
+        self.spare_log_id = Some(self.next_segment_id);
+        let id = self.next_segment_id + 1;
+        self.next_segment_id += 2;
+        let len = self.next_log_len();
+        #[cfg(test)]
+        if segment::DISK_QUOTA.get().is_some() {
+            // The small-disk hook is per thread: prepare here, as the background thread would.
+            let result = worker::prepare_segment(
+                &self.dir,
+                id,
+                len,
+                self.opts.segment_len,
+                self.space_reserve(),
+                false,
+            );
+            self.prepared_done(result);
+            return;
+        }
+        self.preparing =
+            self.worker.prepare(self.dir.clone(), id, len, self.opts.segment_len, self.space_reserve());
+    }
+
+    /// Takes the result of preparing the next log segment.
+    fn prepared_done(&mut self, result: Result<Segment, StorageError>) {
+        self.preparing = false;
+        match result {
+            Ok(seg) => self.prepared = Some(seg),
+            Err(e) => {
+                // Not fatal: the roll tries again (smaller, if need be) and reports the error to a
+                // writer.
+                if matches!(e, StorageError::NoSpace) {
+                    self.space_pressure = true;
+                    ::log::info!("could not prepare the next segment: {e}");
+                } else {
+                    ::log::warn!("could not prepare the next segment: {e}");
+                }
+                self.prepare_failed = true;
+            }
+        }
+    }
+
+    /// The length of the next log segment: twice the active one, between the first segment's
+    /// length and `segment_len` (see [`FIRST_LOG_SEGMENT_LEN`]).
+    fn next_log_len(&self) -> u64 {
+        let first = self.first_log_len();
+        match self.active_segment() {
+            Some(seg) => (seg.len() as u64 * 2).clamp(first, self.opts.segment_len),
+            None => first,
+        }
+    }
+
+    fn first_log_len(&self) -> u64 {
+        let o = &self.opts;
+        let largest = format::record_len(o.max_key_len, o.max_value_len.min(o.max_payload_len));
+        let needed = ((SEGMENT_HEADER_LEN + largest) as u64).next_multiple_of(4096);
+        FIRST_LOG_SEGMENT_LEN.max(needed).max(MIN_SEGMENT_LEN).min(o.segment_len)
     }
 
     /// Seals the active log segment and starts a new one.
     fn roll(&mut self) -> Result<(), StorageError> {
+        self.roll_for(0)
+    }
+
+    /// Seals the active log segment and starts a new one with room for a record of `need`
+    /// bytes.
+    ///
+    /// The new segment is the prepared one if there is one, else a retired file from the pool,
+    /// else a new file of [`Store::next_log_len`] bytes, or on a full disk the largest smaller
+    /// one that fits (see [`Store::allocate`]). Rolling into a smaller segment keeps writes
+    /// going and seals the old one, whose dead bytes compaction can then reclaim; the active
+    /// segment is never a compaction input, so a store that could not roll would otherwise
+    /// keep its dead bytes for good.
+    ///
+    /// If not even a segment for this record fits, the active segment is sealed anyway when it
+    /// is mostly dead (writes are then refused until a roll succeeds): compaction can reclaim it.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSpace`]; I/O errors. Nothing changes then (but for that sealing).
+    fn roll_for(&mut self, need: usize) -> Result<(), StorageError> {
         self.poll_worker()?;
         #[cfg(test)]
         if segment::ALLOCS_BEFORE_ENOSPC.get().is_some() {
             self.discard_prepared();
         }
-        let id = self.next_segment_id;
+        // Log segments must be in id order (recovery takes the highest id for the newest). A
+        // segment prepared before two rolls that could not wait for it has a lower id than the
+        // second one's: not usable.
+        let newest_log =
+            self.segments.iter().flatten().filter(|s| s.kind == SegmentKind::Log).map(|s| s.id).max();
+        if self.prepared.as_ref().is_some_and(|p| newest_log.is_some_and(|n| p.id < n)) {
+            self.discard_prepared();
+        }
         let mut seg = match self.prepared.take() {
             Some(mut seg) => {
-                seg.adopt(id, self.last_lsn);
+                seg.adopt(self.last_lsn);
                 seg
             }
             None => {
                 ::log::debug!("rolling over without a prepared segment (preparing={})", self.preparing);
-                let seg = Segment::create(
-                    &self.dir,
-                    id,
-                    SegmentKind::Log,
-                    self.opts.segment_len,
-                    self.last_lsn,
-                    "new",
-                )?;
-                seg.advise_random();
-                seg
+                match self.new_log_segment(need) {
+                    Ok(seg) => seg,
+                    Err(e) => {
+                        if matches!(e, StorageError::NoSpace) {
+                            self.seal_active_if_mostly_dead();
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
-        let path = self.dir.join(segment::segment_file_name(id, "seg"));
+        let path = self.dir.join(segment::segment_file_name(seg.id, "seg"));
         if let Err(e) = std::fs::rename(&seg.path, &path) {
             let _ = std::fs::remove_file(&seg.path);
             return Err(StorageError::io(format!("rename {} into place", seg.path.display()), e));
         }
         seg.path = path;
-        self.next_segment_id += 1;
+        let id = seg.id;
         self.dir_gen += 1;
         if let Some(Some(old)) = self.segments.get_mut(self.active as usize) {
             old.sealed = true;
@@ -721,6 +838,124 @@ impl Store {
         self.prepare_failed = false;
         ::log::debug!("new log segment id={id}");
         Ok(())
+    }
+
+    /// A new log segment named `*.new`, made on the caller's thread (nothing was prepared), its
+    /// header on disk: see [`Store::roll_for`].
+    fn new_log_segment(&mut self, need: usize) -> Result<Segment, StorageError> {
+        let newest_log =
+            self.segments.iter().flatten().filter(|s| s.kind == SegmentKind::Log).map(|s| s.id).max();
+        let spare = self.spare_log_id.take().filter(|&id| newest_log.is_none_or(|n| id > n));
+        let id = spare.unwrap_or(self.next_segment_id);
+        let len = self.next_log_len();
+        let min = ((SEGMENT_HEADER_LEN + need) as u64).next_multiple_of(4096).max(MIN_SEGMENT_LEN).min(len);
+        let reserve = self.space_reserve();
+        let seg = match worker::prepare_segment(&self.dir, id, len, self.opts.segment_len, reserve, false) {
+            Ok(seg) => seg,
+            Err(StorageError::NoSpace) => {
+                let seg = self.allocate(id, SegmentKind::Log, len, min, self.last_lsn, "new")?;
+                if let Err(e) = seg.sync_header() {
+                    let path = seg.path.clone();
+                    drop(seg);
+                    let _ = std::fs::remove_file(path);
+                    return Err(e);
+                }
+                if (seg.len() as u64) < len {
+                    ::log::warn!(
+                        "disk nearly full: new log segment {} of {} bytes instead of {len}",
+                        seg.path.display(),
+                        seg.len()
+                    );
+                }
+                seg
+            }
+            Err(e) => return Err(e),
+        };
+        if spare.is_none() {
+            self.next_segment_id += 1;
+        }
+        let mut seg = seg;
+        seg.adopt(self.last_lsn);
+        seg.advise_random();
+        Ok(seg)
+    }
+
+    /// Creates segment `id` of `len` bytes. On a full disk it first gives back what the store
+    /// holds in reserve (retired files in the pool, the prepared next log segment) and then
+    /// takes the largest of `len`, `len / 2`, `len / 4`, ... (whole pages, at least `min`) that
+    /// fits, and notes the pressure (compaction thresholds drop until a compaction commits).
+    ///
+    /// # Errors
+    /// [`StorageError::NoSpace`] if not even `min` bytes fit; I/O errors.
+    pub(crate) fn allocate(
+        &mut self,
+        id: u64,
+        kind: SegmentKind,
+        len: u64,
+        min: u64,
+        base_lsn: u64,
+        ext: &str,
+    ) -> Result<Segment, StorageError> {
+        let reserve = self.space_reserve();
+        match Segment::create(&self.dir, id, kind, len, base_lsn, ext, reserve) {
+            Err(StorageError::NoSpace) => {}
+            other => return other,
+        }
+        self.space_pressure = true;
+        self.release_reserves();
+        let mut len = len;
+        loop {
+            match Segment::create(&self.dir, id, kind, len, base_lsn, ext, reserve) {
+                Err(StorageError::NoSpace) => {
+                    let next = (len / 2).next_multiple_of(4096).max(min);
+                    if next >= len {
+                        return Err(StorageError::NoSpace);
+                    }
+                    len = next;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) fn space_reserve(&self) -> u64 {
+        self.opts.space_reserve()
+    }
+
+    /// Deletes the retired files kept for reuse and the prepared next log segment: on a full
+    /// disk their blocks are better spent on what cannot wait (a compaction output, the next
+    /// log segment). No more segment is prepared until a roll succeeds.
+    fn release_reserves(&mut self) {
+        for free in segment::free_files(&self.dir).unwrap_or_default() {
+            match std::fs::remove_file(&free) {
+                Ok(()) => ::log::info!("disk full: deleted the retired segment {}", free.display()),
+                Err(e) => ::log::debug!("could not delete {}: {e}", free.display()),
+            }
+        }
+        if self.prepared.is_some() {
+            self.discard_prepared();
+            self.prepare_failed = true;
+        }
+    }
+
+    /// After a roll failed for lack of space: seals the active log segment if most of it is
+    /// reclaimable and the retention pin does not hold it, so that compaction can take it.
+    /// Writes then find no active segment and retry the roll, which succeeds once compaction
+    /// has retired this segment (its file is recycled) or freed other space.
+    fn seal_active_if_mostly_dead(&mut self) {
+        let Some(seg) = self.active_segment() else { return };
+        let reclaimable = seg.reclaimable_bytes();
+        if reclaimable == 0 || reclaimable * 2 < seg.used_bytes() || self.pinned(seg) {
+            return;
+        }
+        ::log::warn!(
+            "disk full: sealing {} ({reclaimable} reclaimable bytes) so that compaction can reclaim it; \
+             writes are refused until then",
+            seg.path.display()
+        );
+        self.seg_mut(self.active).sealed = true;
+        self.active = u32::MAX;
+        self.space_pressure = true;
     }
 
     /// Deletes a prepared segment that will not be used.
@@ -847,6 +1082,7 @@ impl Store {
             compaction::State::Copying(_) if self.compaction_held() => {}
             compaction::State::Copying(c) => at(c.retry_at.unwrap_or(now)),
             compaction::State::Committing(_) => at(now + Duration::from_millis(1)),
+            compaction::State::Deferred(_, retry) => at(*retry),
         }
         deadline
     }
@@ -920,17 +1156,8 @@ impl Store {
                 self.clients_image = clients;
                 self.finish_commit(lsn, marks, result)?
             }
-            worker::Done::Prepared(result) => {
-                self.preparing = false;
-                match result {
-                    Ok(seg) => self.prepared = Some(seg),
-                    Err(e) => {
-                        // Not fatal: the roll will try again and report the error to a writer.
-                        ::log::warn!("could not prepare the next segment: {e}");
-                        self.prepare_failed = true;
-                    }
-                }
-            }
+            worker::Done::Prepared(result) => self.prepared_done(result),
+            worker::Done::CommitDeferred(job) => self.commit_deferred(job),
         }
         Ok(())
     }

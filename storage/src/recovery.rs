@@ -48,7 +48,9 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// A committed compaction's clean-up was finished.
     pub compaction_redone: bool,
-    /// Leftover files deleted: uncommitted compaction outputs, half-created segments.
+    /// Leftover files deleted: uncommitted compaction or install outputs (`*.tmp`), segments
+    /// whose creation was interrupted (`*.new`), retired segments (`*.free`), half-written
+    /// markers and client tables.
     pub removed: Vec<PathBuf>,
     /// Highest LSN found.
     pub last_lsn: Lsn,
@@ -363,24 +365,25 @@ fn last_nonzero_end(b: &[u8]) -> usize {
 
 /// Opens segment `id` and checks its header and length against the file.
 ///
-/// A file with a bad header and nothing but zeros after it is `Ok(None)`: a segment whose
-/// creation a machine crash interrupted (the rename reached the disk, the header did not). It
-/// cannot hold anything, so it is removed rather than refused.
-fn open_checked(path: &Path, id: u64) -> Result<Option<(Segment, SegmentHeader)>, StorageError> {
+/// Every `.seg` file had its header on disk before it was renamed to `.seg` (see
+/// `Segment::sync_header`); a segment whose creation was interrupted is still a `*.new` or `*.tmp`
+/// file, which `remove_leftovers` deletes. So a `.seg` file that is too short for a header, has
+/// a bad header or is shorter than its header says is damage, whichever segment it is and even
+/// if it holds nothing but zeros: it may have held acknowledged records (an emptied older
+/// segment loses its keys, an emptied newest one brings deleted keys back and older versions).
+fn open_checked(path: &Path, id: u64) -> Result<(Segment, SegmentHeader), StorageError> {
     let (seg, header) = Segment::open(path, id)?;
     let corrupt = |offset: u64, reason| StorageError::Corrupt { file: path.to_path_buf(), offset, reason };
+    if (seg.len() as usize) < SEGMENT_HEADER_LEN {
+        return Err(corrupt(seg.len() as u64, Corruption::Truncated));
+    }
     let Some(header) = header else {
-        let body = seg.bytes().get(SEGMENT_HEADER_LEN..).unwrap_or(&[]);
-        return if first_nonzero(body).is_none() {
-            Ok(None)
-        } else {
-            Err(corrupt(0, Corruption::BadSegmentHeader))
-        };
+        return Err(corrupt(0, Corruption::BadSegmentHeader));
     };
     if header.segment_len != seg.len() as u64 {
         return Err(corrupt(seg.len() as u64, Corruption::Truncated));
     }
-    Ok(Some((seg, header)))
+    Ok((seg, header))
 }
 
 pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
@@ -407,16 +410,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
         if ext != "seg" {
             continue;
         }
-        let Some((seg, header)) = open_checked(&path, id)? else {
-            log::warn!(
-                "removing {}: a segment with no header and no records (interrupted creation)",
-                path.display()
-            );
-            remove_if_exists(&path)?;
-            sync_dir(&dir_file, dir)?;
-            report.removed.push(path);
-            continue;
-        };
+        let (seg, header) = open_checked(&path, id)?;
         last_lsn = last_lsn.max(header.base_lsn);
         segments.push(Some(seg));
     }
@@ -579,6 +573,8 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
         prepared: None,
         preparing: false,
         prepare_failed: false,
+        spare_log_id: None,
+        space_pressure: false,
         clients: client_table,
         clients_image: Vec::new(),
         log_pin: None,
@@ -667,18 +663,27 @@ pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, Storage
         let path = seg.path.clone();
         let mut dropped = Vec::new();
         let header_ok = header.is_some_and(|h| h.segment_len == seg.len() as u64);
-        if header.is_none() {
+        if (seg.len() as usize) < SEGMENT_HEADER_LEN {
+            // Emptied or cut inside the header: whatever it held is gone.
             dropped.push(DroppedRange {
                 file: path.clone(),
                 offset: 0,
-                len: SEGMENT_HEADER_LEN.min(seg.len() as usize) as u64,
+                len: seg.len() as u64,
+                reason: Corruption::Truncated,
+            });
+        } else if header.is_none() {
+            dropped.push(DroppedRange {
+                file: path.clone(),
+                offset: 0,
+                len: SEGMENT_HEADER_LEN as u64,
                 reason: Corruption::BadSegmentHeader,
             });
-        } else if !header_ok {
+        } else if let Some(h) = header.filter(|_| !header_ok) {
+            // The bytes between the cut and the length the header gives are gone.
             dropped.push(DroppedRange {
                 file: path.clone(),
                 offset: seg.len() as u64,
-                len: 0,
+                len: h.segment_len.saturating_sub(seg.len() as u64),
                 reason: Corruption::Truncated,
             });
         }
@@ -718,6 +723,7 @@ pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, Storage
             len,
             header.map_or(0, |h| h.base_lsn),
             "new",
+            0, // offline: nothing else needs the space
         )?;
         for &(off, rlen) in &kept {
             let rec = &seg.bytes()[off as usize..(off + rlen) as usize];

@@ -29,6 +29,9 @@ pub(crate) enum Done {
     /// A `Commit` job finished; on success everything up to `lsn` is durable too. `clients` is
     /// the job's client-table buffer, back for reuse.
     Committed { lsn: u64, marks: FlushMarks, result: Result<(), StorageError>, clients: Vec<u8> },
+    /// A `Commit` job found no space for its small files before its commit point: nothing is
+    /// committed, and the job comes back to be submitted again later.
+    CommitDeferred(Box<crate::compaction::CommitJob>),
 }
 
 /// What a background flush covers, recorded when it is handed over and applied to the segments
@@ -68,20 +71,21 @@ impl Worker {
         Ok(Worker { jobs: Some(jobs_tx), done: done_rx, done_tx, thread: Some(thread), in_flight: 0 })
     }
 
-    /// Creates (or recycles a retired file: see `Segment::recycle`), allocates, maps and
-    /// prefaults the next log segment (named `{id}.new`) on a thread of its own: prefaulting 64 MiB takes tens of milliseconds, which must not delay a
-    /// flush or a compaction commit queued behind it. Returns whether the thread started.
-    pub fn prepare(&mut self, dir: std::path::PathBuf, id: u64, len: u64) -> bool {
+    /// Prepares the next log segment, `id`, of `len` bytes (or a recycled one of `pool_len`:
+    /// see [`prepare_segment`]) on a thread of its own: prefaulting 64 MiB takes tens of
+    /// milliseconds, which must not delay a flush or a compaction commit queued behind it.
+    /// Returns whether the thread started.
+    pub fn prepare(
+        &mut self,
+        dir: std::path::PathBuf,
+        id: u64,
+        len: u64,
+        pool_len: u64,
+        reserve: u64,
+    ) -> bool {
         let tx = self.done_tx.clone();
         let spawned = std::thread::Builder::new().name("storage-prep".into()).spawn(move || {
-            let seg = match recycled(&dir, id, len) {
-                Some(seg) => Ok(seg),
-                None => {
-                    Segment::create(&dir, id, crate::format::SegmentKind::Log, len, 0, "new").inspect(|seg| {
-                        seg.prefault();
-                    })
-                }
-            };
+            let seg = prepare_segment(&dir, id, len, pool_len, reserve, true);
             // If the store is gone, the file is a `*.new` leftover that the next open deletes.
             let _ = tx.send(Done::Prepared(seg));
         });
@@ -140,17 +144,52 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
             Job::Flush { files, dir, lsn, marks } => {
                 Done::Flushed { lsn, marks, result: flush(&files, dir.as_deref()) }
             }
-            Job::Commit(mut job) => {
-                let lsn = job.lsn;
-                let marks = std::mem::take(&mut job.marks);
-                let clients = std::mem::take(&mut job.clients);
-                let result = crate::compaction::commit(*job, &clients);
-                Done::Committed { lsn, marks, result, clients }
-            }
+            Job::Commit(mut job) => match crate::compaction::commit(&mut job) {
+                Err(crate::compaction::CommitError::NoSpace) => Done::CommitDeferred(job),
+                result => Done::Committed {
+                    lsn: job.lsn,
+                    marks: std::mem::take(&mut job.marks),
+                    result: result.map_err(|e| match e {
+                        crate::compaction::CommitError::Failed(e) => e,
+                        crate::compaction::CommitError::NoSpace => StorageError::NoSpace,
+                    }),
+                    clients: std::mem::take(&mut job.clients),
+                },
+            },
         };
         // If the store is gone nobody listens; the queue is still finished (a commit must complete).
         let _ = done.send(report);
     }
+}
+
+/// A log segment `id` named `{id}.new`, ready to be adopted and renamed into place: a retired
+/// file from the pool (`*.free`, `pool_len` bytes: see `Segment::recycle`) if there is one,
+/// else a new file of `len` bytes, leaving `reserve` bytes free. Its header is on disk before
+/// this returns (see `Segment::sync_header`); with `prefault`, its mapping is then faulted in
+/// writable, so that writes into it take no page faults.
+pub(crate) fn prepare_segment(
+    dir: &std::path::Path,
+    id: u64,
+    len: u64,
+    pool_len: u64,
+    reserve: u64,
+    prefault: bool,
+) -> Result<Segment, StorageError> {
+    let seg = match recycled(dir, id, pool_len) {
+        Some(seg) => seg,
+        None => Segment::create(dir, id, crate::format::SegmentKind::Log, len, 0, "new", reserve)?,
+    };
+    // Before prefaulting, which dirties every page: this flush is one page, not the whole file.
+    if let Err(e) = seg.sync_header() {
+        let path = seg.path.clone();
+        drop(seg);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    if prefault {
+        seg.prefault();
+    }
+    Ok(seg)
 }
 
 /// A retired segment file made ready as segment `id`, if the pool has one.

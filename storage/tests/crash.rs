@@ -43,7 +43,7 @@ fn opts(durability: Durability, commit_delay_ms: u64) -> Options {
         segment_len: 64 << 10,
         durability,
         compact_dead_ratio: 0.3,
-        compact_min_dead_bytes: 48 << 10,
+        compact_min_dead_bytes: Some(48 << 10),
         compact_step_budget: Duration::from_micros(200),
         debug_commit_step_delay: Duration::from_millis(commit_delay_ms),
         ..Options::default()

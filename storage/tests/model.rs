@@ -45,7 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn opts() -> Options {
     Options {
         segment_len: 16 << 10,
-        compact_min_dead_bytes: 8 << 10,
+        compact_min_dead_bytes: Some(8 << 10),
         compact_dead_ratio: 0.3,
         compact_step_budget: std::time::Duration::from_micros(20),
         durability: Durability::Never,

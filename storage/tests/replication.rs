@@ -16,7 +16,7 @@ const NOBODY: WriteMeta = WriteMeta { client_id: 0, request_id: 0 };
 
 /// Small segments so that a few hundred records span many; automatic compaction off.
 fn opts() -> Options {
-    Options { segment_len: 16 << 10, compact_min_dead_bytes: u64::MAX, ..Options::default() }
+    Options { segment_len: 16 << 10, compact_min_dead_bytes: Some(u64::MAX), ..Options::default() }
 }
 
 fn val(i: u64, len: usize) -> Vec<u8> {
@@ -181,7 +181,7 @@ fn retention_pin_keeps_the_log_from_compaction_until_removed() {
 #[test]
 fn a_pin_over_everything_reclaimable_leaves_automatic_compaction_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let auto = Options { compact_min_dead_bytes: 1, compact_dead_ratio: 0.1, ..opts() };
+    let auto = Options { compact_min_dead_bytes: Some(1), compact_dead_ratio: 0.1, ..opts() };
     let mut s = Store::open(dir.path(), auto.clone()).unwrap();
     s.retain_log_from(Some(Lsn(1)));
     for i in 0..300u64 {
@@ -401,7 +401,7 @@ fn damaged_client_table_is_refused_and_repair_drops_it() {
 #[test]
 fn snapshot_walk_sees_every_unchanged_key_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let auto = Options { compact_min_dead_bytes: 1, compact_dead_ratio: 0.1, ..opts() };
+    let auto = Options { compact_min_dead_bytes: Some(1), compact_dead_ratio: 0.1, ..opts() };
     let mut s = Store::open(dir.path(), auto).unwrap();
     let mut x = 7u64;
     let mut rand = move |n: u64| {

@@ -197,3 +197,120 @@ fn fsync_interval_flushes_in_the_background_and_counts_it() {
     assert!(stat(&mut c, "storage_background_flushes") >= 1);
     assert_eq!(stat(&mut c, "syncs"), 0, "nothing synced on the request path");
 }
+
+/// Blocks allocated to the files of `dir`, as `du` counts them.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum()
+}
+
+/// Runs `tandem-server --repair --data DIR`: (exit code, stdout, stderr).
+fn repair(data: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(harness::bin("tandem-server"))
+        .arg("--repair")
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run tandem-server --repair");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Issue #10: an emptied segment used to be deleted at startup with its keys. Now the server
+/// refuses to start and says how to repair; `--repair` drops the damage, says what it dropped,
+/// and the server then starts and serves everything else.
+#[test]
+fn a_damaged_data_directory_is_refused_until_repaired() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data, &["--segment-mib", "1"]);
+    let value = |i: usize| format!("{i:06}:").repeat(50).into_bytes();
+    let keys: Vec<String> = (0..6000).map(|i| format!("key{i:05}")).collect();
+    let values: Vec<Vec<u8>> = (0..6000).map(value).collect();
+    let ops: Vec<client::Op<'_>> =
+        keys.iter().zip(&values).map(|(k, v)| client::Op::Put(k.as_bytes(), v)).collect();
+    let mut c = server.client();
+    for chunk in ops.chunks(500) {
+        c.pipeline(chunk).unwrap();
+    }
+    drop(c);
+    // A store in use cannot be repaired: exit 1, saying why.
+    let (code, _, stderr) = repair(&data);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(server.terminate().success());
+
+    let mut segs: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let oldest = &segs[0];
+    std::fs::OpenOptions::new().write(true).open(oldest).unwrap().set_len(0).unwrap();
+
+    let (status, log) = match ServerProcess::try_start(&data, &[]) {
+        Err(failure) => failure,
+        Ok(_) => panic!("the server started on a damaged data directory"),
+    };
+    assert!(!status.contains("exit status: 0"), "{status}");
+    let command = format!("tandem-server --repair --data {}", data.display());
+    assert!(log.contains(&command) && log.contains(&oldest.display().to_string()), "{log}");
+
+    let (code, stdout, stderr) = repair(&data);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let line = format!("dropped {} offset=0 length=0: ", oldest.display());
+    assert!(stdout.contains(&line), "{stdout}");
+    assert!(stdout.contains("the store opens"), "{stdout}");
+
+    let server = ServerProcess::start(&data, &[]);
+    let mut c = server.client();
+    let mut lost = 0;
+    for (i, k) in keys.iter().enumerate() {
+        match c.get(k.as_bytes()).unwrap() {
+            Some(v) => assert_eq!(v.data, value(i), "{k}"),
+            // The oldest segment held the first keys written, and only those.
+            None => {
+                assert_eq!(lost, i, "{k} lost, but an earlier key was not");
+                lost += 1;
+            }
+        }
+    }
+    assert!(lost > 0 && lost < 3000, "{lost} keys lost");
+    c.put(b"after", b"repair").unwrap();
+    assert_eq!(c.get(b"after").unwrap().unwrap().data, b"repair");
+    drop(c);
+    drop(server);
+    // A healthy directory needs nothing.
+    let (code, stdout, _) = repair(&data);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("nothing dropped"), "{stdout}");
+}
+
+/// Issue #10: a start that failed because the port was taken left a 65 MiB data directory.
+#[test]
+fn a_start_on_a_taken_port_leaves_no_data_directory() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, log) = match ServerProcess::try_start(&data, &["--listen", &addr]) {
+        Err(failure) => failure,
+        Ok(_) => panic!("the server started on a taken port"),
+    };
+    assert!(!status.contains("exit status: 0"), "{status}: {log}");
+    assert!(!data.exists(), "a failed start left {}", data.display());
+}
+
+/// Issue #10: an empty store took a whole 64 MiB segment on disk before its first write.
+#[test]
+fn a_new_data_directory_is_small() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let mut c = server.client();
+    c.put(b"k", b"v").unwrap();
+    let used = disk_usage(&data);
+    assert!(used <= 2 << 20, "a new store takes {used} bytes on disk");
+}

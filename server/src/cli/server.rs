@@ -25,6 +25,13 @@ struct Args {
     #[arg(long, default_value = "./tandem-data", value_name = "DIR")]
     data: PathBuf,
 
+    /// Repair the data directory instead of serving: keep every valid record, drop damaged
+    /// ranges (each is printed: file, offset, length, reason), then check that the store opens.
+    /// Exits 0 if it now opens (or needed nothing), 1 if it cannot be repaired. Run it with the
+    /// server stopped, when it refuses to start because of corrupt data.
+    #[arg(long)]
+    repair: bool,
+
     /// When writes reach the disk: `always` = msync before replying (one per batch: group
     /// commit), `interval:MS` = msync every MS milliseconds, `never` = leave it to the OS.
     /// Every mode survives a process crash; only `always` survives a machine crash.
@@ -135,7 +142,50 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
+/// `--repair`: runs `Store::repair` on `dir` and prints what it dropped and kept, then opens the
+/// store to check that it now opens. Does not serve.
+fn repair(dir: &std::path::Path, segment_len: u64) -> Result<(), String> {
+    let opts = storage::Options { segment_len, ..storage::Options::default() };
+    if !dir.is_dir() {
+        return Err(format!("--repair: {} is not a directory", dir.display()));
+    }
+    let report =
+        storage::Store::repair(dir, &opts).map_err(|e| format!("cannot repair {}: {e}", dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    for d in &report.dropped {
+        let _ =
+            writeln!(out, "dropped {} offset={} length={}: {}", d.file.display(), d.offset, d.len, d.reason);
+    }
+    for (old, new) in &report.rewritten {
+        let _ = writeln!(out, "rewrote {} as {} (its valid records)", old.display(), new.display());
+    }
+    let bytes: u64 = report.dropped.iter().map(|d| d.len).sum();
+    let done = if report.compaction_redone { "; finished an interrupted compaction" } else { "" };
+    let _ = if report.dropped.is_empty() {
+        writeln!(out, "repair of {}: nothing dropped, every file is intact{done}", dir.display())
+    } else {
+        writeln!(
+            out,
+            "repair of {}: dropped {} ranges ({bytes} bytes); kept the {} valid records of the damaged files \
+             in {} rewritten files, and every other file as it was{done}",
+            dir.display(),
+            report.dropped.len(),
+            report.records_kept,
+            report.rewritten.len(),
+        )
+    };
+    let store = storage::Store::open(dir, opts)
+        .map_err(|e| format!("{} still does not open after repair: {e}", dir.display()))?;
+    let stats = store.stats();
+    let _ = writeln!(out, "the store opens: {} keys, last lsn {}", stats.keys, stats.last_lsn);
+    let _ = out.flush();
+    Ok(())
+}
+
 fn run(args: Args) -> Result<(), String> {
+    if args.repair {
+        return repair(&args.data, args.segment_mib.max(1) * 1024 * 1024);
+    }
     let auth_token = args.auth_token.as_ref().map(read_token).transpose()?;
     let cluster = if args.coordinator.is_empty() {
         for (set, flag) in [

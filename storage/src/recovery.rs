@@ -634,6 +634,71 @@ fn scan_all(
     kept
 }
 
+/// Whether, of a segment whose header is damaged (so its RECYCLED flag is unknown), only the
+/// records with its own `tag` belong to it.
+///
+/// Ids are never reused and copies keep their tag, so a record with a file's own tag was written
+/// into that file in its current life, and the files that hold such records (log segments,
+/// install segments) hold nothing else, save a log segment written before tags existed (tag 0).
+/// Only log segments are recycled, and a recycled one's first record slot is zeroed (in the
+/// page of its header, made durable before the file became a `.seg`), so a valid record with
+/// another tag at the first slot means the file was not recycled and every valid record in it
+/// is its own (a compaction output, a repair copy, a log segment from before tags). Otherwise:
+/// any valid record with its own tag makes it a file of its own records. With none at all (an
+/// empty log segment, or the first record damaged too), the unverified flag and kind bytes
+/// decide.
+fn only_own_records(bytes: &[u8], tag: u32) -> bool {
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return false;
+    }
+    if matches!(format::parse_record(&bytes[SEGMENT_HEADER_LEN..]), Parsed::Record(r) if r.tag != tag) {
+        return false;
+    }
+    find_valid_record(bytes, SEGMENT_HEADER_LEN, bytes.len(), Some(tag)).is_some()
+        || (bytes[format::SEG_KIND_OFFSET] == SegmentKind::Log as u8
+            && bytes[format::SEG_FLAGS_OFFSET] & format::SEG_FLAG_RECYCLED != 0)
+}
+
+/// Takes the records with another tag than `tag` out of `kept` (see [`only_own_records`]) and
+/// reports their bytes as dropped, merged with the damaged ranges they adjoin: a stale tail is
+/// one range from the end of the log. The header's range stays apart.
+fn drop_other_lives(
+    bytes: &[u8],
+    path: &Path,
+    tag: u32,
+    kept: &mut Vec<(u32, u32)>,
+    dropped: &mut Vec<DroppedRange>,
+) {
+    let mut ranges = Vec::new();
+    kept.retain(|&(off, len)| {
+        let own = format::view_record_unchecked(&bytes[off as usize..]).is_some_and(|r| r.tag == tag);
+        if !own {
+            ranges.push(DroppedRange {
+                file: path.to_path_buf(),
+                offset: off as u64,
+                len: len as u64,
+                reason: Corruption::GarbageAfterEnd,
+            });
+        }
+        own
+    });
+    if ranges.is_empty() {
+        return;
+    }
+    let first_body =
+        dropped.iter().position(|d| d.offset >= SEGMENT_HEADER_LEN as u64).unwrap_or(dropped.len());
+    ranges.extend(dropped.drain(first_body..));
+    ranges.sort_by_key(|d| d.offset);
+    for d in ranges {
+        match dropped.last_mut() {
+            Some(last) if last.offset >= SEGMENT_HEADER_LEN as u64 && last.offset + last.len == d.offset => {
+                last.len += d.len;
+            }
+            _ => dropped.push(d),
+        }
+    }
+}
+
 pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, StorageError> {
     opts.validate()?;
     let _lock = lock_dir(dir)?;
@@ -687,10 +752,14 @@ pub(crate) fn repair(dir: &Path, opts: &Options) -> Result<RepairReport, Storage
                 reason: Corruption::Truncated,
             });
         }
-        // A RECYCLED segment whose header is damaged cannot be told from any other: it is read
-        // without the tag rule, so stale records of its earlier life may be kept (docs/storage.md).
         let recycled = header.is_some_and(|h| h.recycled).then(|| format::segment_tag(seg.id));
-        let kept = scan_all(seg.bytes(), &path, recycled, &mut dropped);
+        let mut kept = scan_all(seg.bytes(), &path, recycled, &mut dropped);
+        // Without a header the RECYCLED flag is unknown, so the scan above kept every valid
+        // record, stale ones of a recycled file's earlier life included: those would bring back
+        // keys deleted since (their tombstones compacted away). Tell from the records themselves.
+        if header.is_none() && only_own_records(seg.bytes(), format::segment_tag(seg.id)) {
+            drop_other_lives(seg.bytes(), &path, format::segment_tag(seg.id), &mut kept, &mut dropped);
+        }
         if dropped.is_empty() {
             continue;
         }

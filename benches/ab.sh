@@ -8,7 +8,10 @@
 # Example (is a change worth it?):
 #   cp target/release/tandem-server /tmp/before   # ... change, rebuild ...
 #   benches/ab.sh 3 /tmp/before target/release/tandem-server
-# Prints one line per run: binary, then ops/s and p99 (us) of PUT and GET.
+# Prints one line per run: binary, then ops/s and p99 (us) of each test (PUT and GET unless the
+# args name -t), the compactions and compaction's write amplification over the whole run
+# (record bytes compaction copied per record byte written, prefill included; "wa ?" from a
+# server whose STATS lack those counters).
 set -euo pipefail
 [[ $# -ge 3 ]] || { sed -n '2,/^set/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
 ROUNDS=$1; shift
@@ -19,7 +22,10 @@ ARGS=("$@")
 [[ ${#ARGS[@]} -gt 0 ]] || ARGS=(-c 50 -P 16 -d 4000 -r 10000 --duration 3)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${TANDEM_BENCH:-$ROOT/target/release/tandem-bench}
-[[ -x $BENCH ]] || { echo "ab.sh: build tandem-bench first (cargo build --release -p tandem-benches)" >&2; exit 2; }
+CLI=${TANDEM_CLI:-$ROOT/target/release/tandem-cli}
+[[ -x $BENCH && -x $CLI ]] || { echo "ab.sh: build tandem-bench and tandem-cli first (cargo build --release)" >&2; exit 2; }
+TESTS=(-t put,get)
+for a in "${ARGS[@]}"; do [[ $a == -t || $a == --tests* ]] && TESTS=(); done
 WORK=$(mktemp -d)
 trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq "$ROUNDS"); do
@@ -34,13 +40,18 @@ for _ in $(seq "$ROUNDS"); do
             sleep 0.05
         done
         [[ -n $ADDR ]] || { echo "ab.sh: $bin did not start" >&2; exit 1; }
-        "$BENCH" -s "$ADDR" "${ARGS[@]}" --prefill --warmup 1 -t put,get -q --json >"$WORK/json" 2>"$WORK/err" || true
+        "$BENCH" -s "$ADDR" "${ARGS[@]}" --prefill --warmup 1 "${TESTS[@]}" -q --json >"$WORK/json" 2>"$WORK/err" || true
+        "$CLI" -s "$ADDR" stats >"$WORK/stats" 2>/dev/null || true
         kill "$PID"; wait "$PID" 2>/dev/null || true
-        python3 - "$bin" "$WORK/json" <<'PY'
+        python3 - "$bin" "$WORK/json" "$WORK/stats" <<'PY'
 import json, sys
 tests = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+stats = dict(l.strip().split(":", 1) for l in open(sys.argv[3]) if ":" in l)
+written = int(stats.get("storage_bytes_written", 0))
+wa = "%.3f" % (int(stats["storage_compaction_bytes_copied"]) / written) if written else "?"
 print(sys.argv[1], " ".join("%s %d p99 %d" % (t["test"], t["ops_per_sec"], t["p99_us"])
-                            for t in tests if t["test"] != "prefill"))
+                            for t in tests if t["test"] != "prefill"),
+      "compactions", stats.get("storage_compactions", "?"), "wa", wa)
 PY
     done
 done

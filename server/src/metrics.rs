@@ -120,6 +120,10 @@ fn describe(name: &str) -> (&'static str, &'static str) {
         "storage_segments" => (GAUGE, "Segment files."),
         "storage_compactions" => (COUNTER, "Compactions completed since start."),
         "storage_background_flushes" => (COUNTER, "Background flushes (--fsync interval) completed."),
+        "storage_bytes_written" => (COUNTER, "Record bytes appended to the log by writes since start."),
+        "storage_compaction_bytes_copied" => {
+            (COUNTER, "Record bytes compaction copied since start; over storage_bytes_written, its write amplification.")
+        }
         "last_lsn" => (GAUGE, "Highest log sequence number written."),
         "durable_lsn" => (GAUGE, "Highest log sequence number known flushed to the device."),
         "loop_iterations" => (COUNTER, "Event-loop iterations."),

@@ -161,6 +161,8 @@ impl Stats {
         line("storage_segments", &store.segments);
         line("storage_compactions", &store.compactions);
         line("storage_background_flushes", &store.background_flushes);
+        line("storage_bytes_written", &store.bytes_written);
+        line("storage_compaction_bytes_copied", &store.compaction_bytes_copied);
         line("last_lsn", &store.last_lsn.0);
         line("durable_lsn", &store.durable_lsn.0);
         line("loop_iterations", &self.loop_busy_us.count());

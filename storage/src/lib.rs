@@ -350,6 +350,13 @@ pub struct Stats {
     pub index_bytes: u64,
     /// Background flushes (`Durability::Interval`) completed since open.
     pub background_flushes: u64,
+    /// Record bytes appended to the log by writes since open (puts, deletes, appends,
+    /// replicated writes; headers and padding included): what clients wrote, as the log
+    /// counts it.
+    pub bytes_written: u64,
+    /// Record bytes compaction copied into its outputs since open. Compaction's write
+    /// amplification is this divided by [`Stats::bytes_written`].
+    pub compaction_bytes_copied: u64,
 }
 
 /// An open data directory. See the crate docs for the durability contract.
@@ -386,6 +393,10 @@ pub struct Store {
     flush_in_flight: bool,
     /// Background flushes that succeeded.
     background_flushes: u64,
+    /// Record bytes appended by writes since open ([`Stats::bytes_written`]).
+    bytes_written: u64,
+    /// Record bytes copied by compaction since open ([`Stats::compaction_bytes_copied`]).
+    compaction_bytes_copied: u64,
     next_flush: Option<Instant>,
     recovery: RecoveryReport,
     /// The next log segment, created and prefaulted ahead of need by the background thread.
@@ -631,6 +642,7 @@ impl Store {
         let off = seg.append(&header, key, value, lsn);
         let seg_len = seg.len();
         self.last_lsn = lsn;
+        self.bytes_written += len as u64;
         // Early (an eighth in), so the background thread has time to allocate and prefault the
         // next segment even when a writer fills one in tens of milliseconds.
         if off as u64 * 8 > seg_len as u64 && self.prepared.is_none() && !self.preparing {
@@ -1230,6 +1242,8 @@ impl Store {
             log_start: Lsn(self.log_start),
             index_bytes: self.index.allocation_bytes() as u64,
             background_flushes: self.background_flushes,
+            bytes_written: self.bytes_written,
+            compaction_bytes_copied: self.compaction_bytes_copied,
         }
     }
 

@@ -568,6 +568,8 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Store, StorageError> {
         worker: crate::worker::Worker::start()?,
         flush_in_flight: false,
         background_flushes: 0,
+        bytes_written: 0,
+        compaction_bytes_copied: 0,
         next_flush: None,
         recovery: RecoveryReport::default(),
         prepared: None,

@@ -1015,8 +1015,8 @@ impl ClusterIo {
                 return;
             }
             let conn = c.id;
-            let frame = match c.reader.next_frame() {
-                Ok(Some(f)) => f,
+            let (frame, crc) = match c.reader.next_frame_with_crc() {
+                Ok(Some(decoded)) => decoded,
                 Ok(None) => break,
                 Err(e) => {
                     log::warn!("bad frame from the primary: {e}; closing the replication connection");
@@ -1036,7 +1036,11 @@ impl ClusterIo {
                             key: frame.key,
                             value: frame.value,
                             timestamp: frame.timestamp,
-                            meta: WriteMeta { client_id: frame.param, request_id: frame.id },
+                            meta: WriteMeta {
+                                client_id: frame.param,
+                                request_id: frame.id,
+                                payload_crc: crate::handler::verified_payload_crc(&frame, crc),
+                            },
                         };
                         match node.store.apply_replicated(&w) {
                             Ok(_) => {

@@ -5,7 +5,14 @@
 //!   `always` with one `sync` per batch of 64 puts (group commit) and per put. Every put carries
 //!   client id 1, so the at-most-once table is updated each time; `never_100k_clients` spreads
 //!   the puts over 100 000 client ids (the table's default bound), its worst case for caches.
+//!   `never_payload_crc` is `never` with `WriteMeta::payload_crc` set, as a server sets it from
+//!   the request frame's verified checksum (issue #11): the record's CRC is derived instead of
+//!   computed over the value. The CRCs are computed before the clock starts; deriving one from a
+//!   frame is the `wire/payload_crc_derived` micro-benchmark (benches/micro).
 //! - `get/<size>/*`, `delete/<size>/*`: the store against `HashMap` get/remove.
+//! - `record_crc/<size>/*`: the record checksum alone: `computed` over header, key and value;
+//!   `derived` from the CRC of key and value; `derived_from_frame` from a request frame's
+//!   verified checksum (`Frame::payload_crc` then the store's derivation: a server's whole cost).
 //! - `msync/one_page`: the cost of one `sync` after one small put: what `always` adds per batch.
 //! - `recovery/open`: reopening a store (scan + verify + index rebuild); throughput in bytes.
 //! - `compaction/full`: `compact_now` over a store half of whose records are dead; throughput
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use storage::{Durability, Options, Store, WriteMeta};
 
-const META: WriteMeta = WriteMeta { client_id: 1, request_id: 2 };
+const META: WriteMeta = WriteMeta { client_id: 1, request_id: 2, payload_crc: None };
 
 fn keys(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("key-{i:012}").into_bytes()).collect()
@@ -64,6 +71,8 @@ fn bench_put(c: &mut Criterion) {
         let ks = keys(n);
         let ord = order(n);
         let value = vec![0xabu8; size];
+        let payload_crcs: Vec<u32> =
+            ks.iter().map(|k| crc32fast::hash(&[k.as_slice(), &value].concat())).collect();
         let mut g = c.benchmark_group(format!("put/{size}"));
         g.throughput(Throughput::Elements(1));
         g.bench_function("hashmap", |b| {
@@ -78,6 +87,7 @@ fn bench_put(c: &mut Criterion) {
         for (name, durability, batch) in [
             ("never", Durability::Never, 0usize),
             ("never_100k_clients", Durability::Never, 0),
+            ("never_payload_crc", Durability::Never, 0),
             ("interval_10ms", Durability::Interval { ms: 10 }, 0),
             ("always_batch64", Durability::Always, 64),
             ("always_batch1", Durability::Always, 1),
@@ -91,8 +101,14 @@ fn bench_put(c: &mut Criterion) {
                     maybe_compact(&mut store);
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let meta = WriteMeta { client_id: 1 + (i % clients) as u64, request_id: i as u64 };
-                        store.put(&ks[ord[i % n]], &value, meta).unwrap();
+                        let k = ord[i % n];
+                        let payload_crc = (name == "never_payload_crc").then(|| payload_crcs[k]);
+                        let meta = WriteMeta {
+                            client_id: 1 + (i % clients) as u64,
+                            request_id: i as u64,
+                            payload_crc,
+                        };
+                        store.put(&ks[k], &value, meta).unwrap();
                         i += 1;
                         if batch > 0 && i % batch == 0 {
                             store.sync().unwrap();
@@ -104,6 +120,54 @@ fn bench_put(c: &mut Criterion) {
                 })
             });
         }
+        g.finish();
+    }
+}
+
+/// The record checksum alone, the CPU work `never_payload_crc` saves without the page faults and
+/// memory traffic that dominate a 4000-byte put: computed over header, key and value, derived
+/// from the CRC of key and value, and derived from a decoded request frame's checksum (what a
+/// server does per write in all: `Frame::payload_crc`, then the store's derivation).
+fn bench_record_crc(c: &mut Criterion) {
+    use storage::format::{encode_record_header_tagged, encode_record_header_with_payload_crc};
+    use storage::format::{RecordKind, RecordMeta};
+    let key = b"key-000000001234";
+    let meta = RecordMeta { kind: RecordKind::Put, lsn: 77, timestamp: 77, client_id: 1, request_id: 9 };
+    for size in [100usize, 256, 1000, 4000] {
+        let value = vec![0xabu8; size];
+        let mut frame = [0u8; wire::FRAME_LEN];
+        wire::Frame::request(9, wire::Command::PUT, key, &value).encode(&mut frame).unwrap();
+        let (decoded, frame_crc) = wire::Frame::decode_with_crc(&frame).unwrap();
+        let payload_crc = decoded.payload_crc(frame_crc);
+        let mut g = c.benchmark_group(format!("record_crc/{size}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("computed", |b| {
+            b.iter(|| encode_record_header_tagged(black_box(&meta), 1, black_box(key), &[black_box(&value)]))
+        });
+        g.bench_function("derived", |b| {
+            b.iter(|| {
+                let crc = black_box(payload_crc);
+                encode_record_header_with_payload_crc(
+                    black_box(&meta),
+                    1,
+                    black_box(key),
+                    &[black_box(&value)],
+                    crc,
+                )
+            })
+        });
+        g.bench_function("derived_from_frame", |b| {
+            b.iter(|| {
+                let crc = black_box(&decoded).payload_crc(black_box(frame_crc));
+                encode_record_header_with_payload_crc(
+                    black_box(&meta),
+                    1,
+                    black_box(key),
+                    &[black_box(&value)],
+                    crc,
+                )
+            })
+        });
         g.finish();
     }
 }
@@ -298,6 +362,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_put, bench_msync, bench_get, bench_delete, bench_recovery, bench_compaction
+    targets = bench_put, bench_record_crc, bench_msync, bench_get, bench_delete, bench_recovery, bench_compaction
 }
 criterion_main!(benches);

@@ -216,24 +216,81 @@ pub fn encode_record_header_tagged(
     key: &[u8],
     value: &[&[u8]],
 ) -> [u8; RECORD_HEADER_LEN] {
-    let value_len: usize = value.iter().map(|p| p.len()).sum();
-    let mut h = [0u8; RECORD_HEADER_LEN];
-    h[REC_TAG_OFFSET..REC_LSN_OFFSET].copy_from_slice(&tag.to_le_bytes());
-    h[REC_KIND_OFFSET] = meta.kind as u8;
-    // Lengths were checked against the limits (u16 key, u32 value) by the caller.
-    h[REC_KEY_LEN_OFFSET..REC_VALUE_LEN_OFFSET].copy_from_slice(&(key.len() as u16).to_le_bytes());
-    h[REC_VALUE_LEN_OFFSET..REC_TAG_OFFSET].copy_from_slice(&(value_len as u32).to_le_bytes());
-    h[REC_LSN_OFFSET..REC_TIMESTAMP_OFFSET].copy_from_slice(&meta.lsn.to_le_bytes());
-    h[REC_TIMESTAMP_OFFSET..REC_CLIENT_ID_OFFSET].copy_from_slice(&meta.timestamp.to_le_bytes());
-    h[REC_CLIENT_ID_OFFSET..REC_REQUEST_ID_OFFSET].copy_from_slice(&meta.client_id.to_le_bytes());
-    h[REC_REQUEST_ID_OFFSET..RECORD_HEADER_LEN].copy_from_slice(&meta.request_id.to_le_bytes());
+    let mut h = record_header_without_crc(meta, tag, key.len(), value.iter().map(|p| p.len()).sum());
+    let crc = record_crc(&h, key, value);
+    h[REC_CRC_OFFSET..REC_KIND_OFFSET].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// [`encode_record_header_tagged`] with the checksum derived from `payload_crc`, the CRC-32
+/// (IEEE) of `key` followed by the value's parts, instead of computed over them: one CRC of the
+/// 44 header bytes and one [`wire::crc::shift`] instead of a pass over the value. The bytes are
+/// exactly those of [`encode_record_header_tagged`] when `payload_crc` is right.
+///
+/// `payload_crc` must be right: a wrong one writes a record whose checksum does not match its
+/// bytes, which recovery then refuses as corrupt (`ChecksumMismatch`). Callers take it from a
+/// check already made (a network frame's verified checksum, a valid record's own); debug builds
+/// recompute it and panic on a mismatch.
+pub fn encode_record_header_with_payload_crc(
+    meta: &RecordMeta,
+    tag: u32,
+    key: &[u8],
+    value: &[&[u8]],
+    payload_crc: u32,
+) -> [u8; RECORD_HEADER_LEN] {
+    let payload_len = key.len() + value.iter().map(|p| p.len()).sum::<usize>();
+    let mut h = record_header_without_crc(meta, tag, key.len(), payload_len - key.len());
+    let crc = wire::crc::combine(crc32fast::hash(&h[REC_CRC_START..]), payload_crc, payload_len as u64);
+    debug_assert_eq!(
+        crc,
+        record_crc(&h, key, value),
+        "payload_crc {payload_crc:#010x} is not the CRC of this key and value"
+    );
+    h[REC_CRC_OFFSET..REC_KIND_OFFSET].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The CRC-32 of `key ‖ value` of a record known to be valid (the index points at it), derived
+/// from its stored checksum without reading key and value: the checksum covers the header from
+/// [`REC_CRC_START`] and then them, so taking the header's CRC off leaves theirs. `None` if the
+/// buffer is too short for a header (a bug; never a panic).
+///
+/// Only as right as the stored checksum: recovery verified it, or this process wrote it.
+pub fn payload_crc_unchecked(buf: &[u8]) -> Option<u32> {
+    let h = buf.get(..RECORD_HEADER_LEN)?;
+    let payload_len = u64::from(u16_at(h, REC_KEY_LEN_OFFSET)) + u64::from(u32_at(h, REC_VALUE_LEN_OFFSET));
+    let header_crc = crc32fast::hash(&h[REC_CRC_START..]);
+    Some(wire::crc::strip_prefix(u32_at(h, REC_CRC_OFFSET), header_crc, payload_len))
+}
+
+/// The checksum of a record: CRC-32 of header bytes `REC_CRC_START..` (filled in), key, value.
+fn record_crc(h: &[u8; RECORD_HEADER_LEN], key: &[u8], value: &[&[u8]]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h[REC_CRC_START..]);
     crc.update(key);
     for part in value {
         crc.update(part);
     }
-    h[REC_CRC_OFFSET..REC_KIND_OFFSET].copy_from_slice(&crc.finalize().to_le_bytes());
+    crc.finalize()
+}
+
+/// A record header with every field but the checksum filled in.
+fn record_header_without_crc(
+    meta: &RecordMeta,
+    tag: u32,
+    key_len: usize,
+    value_len: usize,
+) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[REC_TAG_OFFSET..REC_LSN_OFFSET].copy_from_slice(&tag.to_le_bytes());
+    h[REC_KIND_OFFSET] = meta.kind as u8;
+    // Lengths were checked against the limits (u16 key, u32 value) by the caller.
+    h[REC_KEY_LEN_OFFSET..REC_VALUE_LEN_OFFSET].copy_from_slice(&(key_len as u16).to_le_bytes());
+    h[REC_VALUE_LEN_OFFSET..REC_TAG_OFFSET].copy_from_slice(&(value_len as u32).to_le_bytes());
+    h[REC_LSN_OFFSET..REC_TIMESTAMP_OFFSET].copy_from_slice(&meta.lsn.to_le_bytes());
+    h[REC_TIMESTAMP_OFFSET..REC_CLIENT_ID_OFFSET].copy_from_slice(&meta.timestamp.to_le_bytes());
+    h[REC_CLIENT_ID_OFFSET..REC_REQUEST_ID_OFFSET].copy_from_slice(&meta.client_id.to_le_bytes());
+    h[REC_REQUEST_ID_OFFSET..RECORD_HEADER_LEN].copy_from_slice(&meta.request_id.to_le_bytes());
     h
 }
 
@@ -409,6 +466,51 @@ mod tests {
         let crc = crc32fast::hash(&want[4..50]);
         want[..4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(bytes, want);
+    }
+
+    fn crc_of(key: &[u8], value: &[&[u8]]) -> u32 {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(key);
+        value.iter().for_each(|part| crc.update(part));
+        crc.finalize()
+    }
+
+    proptest::proptest! {
+        /// Issue #11: a record checksum derived from the CRC of key ‖ value is byte for byte the
+        /// one computed over them, and a valid record gives that CRC back.
+        #[test]
+        fn derived_record_checksums_are_the_computed_ones(
+            lsn in 1u64.., timestamp: u64, client_id: u64, request_id: u64, tag: u32, tombstone: bool,
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..100),
+            parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), 0..3),
+        ) {
+            let kind = if tombstone { RecordKind::Tombstone } else { RecordKind::Put };
+            let meta = RecordMeta { kind, lsn, timestamp, client_id, request_id };
+            let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let direct = encode_record_header_tagged(&meta, tag, &key, &parts);
+            let derived = encode_record_header_with_payload_crc(&meta, tag, &key, &parts, crc_of(&key, &parts));
+            proptest::prop_assert_eq!(direct, derived);
+            let mut record = direct.to_vec();
+            record.extend_from_slice(&key);
+            parts.iter().for_each(|part| record.extend_from_slice(part));
+            proptest::prop_assert_eq!(payload_crc_unchecked(&record), Some(crc_of(&key, &parts)));
+        }
+    }
+
+    #[test]
+    fn payload_crc_of_a_record_needs_only_its_header() {
+        let bytes = encode(&meta(4), b"key", b"value");
+        let crc = crc32fast::hash(b"keyvalue");
+        assert_eq!(payload_crc_unchecked(&bytes[..RECORD_HEADER_LEN]), Some(crc));
+        assert_eq!(payload_crc_unchecked(&bytes[..RECORD_HEADER_LEN - 1]), None);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "is not the CRC of this key and value")]
+    fn a_wrong_payload_crc_panics_in_debug_builds() {
+        let wrong = crc32fast::hash(b"keyvalue") ^ 1;
+        encode_record_header_with_payload_crc(&meta(1), 0, b"key", &[b"value"], wrong);
     }
 
     #[test]

@@ -272,13 +272,28 @@ impl Options {
 }
 
 /// Who produced a write: stored in its record so a server can rebuild its at-most-once table
-/// from the log after a restart.
+/// from the log after a restart. Also what the caller already knows about the write's bytes
+/// (`payload_crc`), which is not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WriteMeta {
     /// The client's id.
     pub client_id: u64,
     /// The client's request id.
     pub request_id: u64,
+    /// The CRC-32 (IEEE) of the key followed by the value passed with this call (for
+    /// [`Store::append`], the suffix; for [`Store::delete`] and tombstones, the key alone), if
+    /// the caller already has it from a check it made: a server takes it from the request
+    /// frame's verified checksum ([`wire::Frame::payload_crc`]). The record's checksum is then
+    /// derived from it ([`format::encode_record_header_with_payload_crc`]) instead of computed
+    /// over the value a second time; the bytes written are the same. `None`: computed as usual.
+    ///
+    /// **Contract:** it must be the CRC of exactly these bytes, taken from a frame whose
+    /// checksum was verified (or another source as trustworthy), never from the sender's word
+    /// alone. A wrong value writes a record whose checksum does not match, which reads fine
+    /// until the next [`Store::open`] refuses it as corrupt (`ChecksumMismatch`, fixed only by
+    /// [`Store::repair`] dropping it). Debug builds recompute it on every write and panic on a
+    /// mismatch. Set it per call: a `WriteMeta` reused for another key or value must not carry it.
+    pub payload_crc: Option<u32>,
 }
 
 /// A value read from the store, borrowed from the mapping.
@@ -576,13 +591,30 @@ impl Store {
         // The old value may live in the segment about to be written, so copy it out first.
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        scratch.extend_from_slice(self.get(key).map(|e| e.value).unwrap_or(&[]));
+        let old = self.find(key).and_then(|slot| match self.segments.get(slot.seg as usize) {
+            Some(Some(seg)) => Some(seg.from(slot.off)),
+            _ => None,
+        });
+        let old_view = old.and_then(format::view_record_unchecked);
+        scratch.extend_from_slice(old_view.map_or(&[][..], |r| r.value));
         let total = scratch.len() + suffix.len();
         let max = self.opts.max_value_len_for(key.len());
         if total > max {
             self.scratch = scratch;
             return Err(StorageError::ValueTooLong { len: total, max });
         }
+        // The caller's CRC covers key ‖ suffix; the record holds key ‖ old ‖ suffix. The old
+        // record's own checksum gives crc(key ‖ old) without reading the old value, and then
+        //   crc(key ‖ old ‖ suffix) = shift(crc(key ‖ old) ^ crc(key), |suffix|) ^ crc(key ‖ suffix)
+        // (combine key ‖ old with the suffix, whose CRC is key ‖ suffix's with the key taken off;
+        // shift is linear, so both shifts by |suffix| are one). See `wire::crc`.
+        let payload_crc = match (meta.payload_crc, old_view.and(old)) {
+            (Some(crc), Some(record)) => format::payload_crc_unchecked(record)
+                .map(|key_old| wire::crc::shift(key_old ^ crc32fast::hash(key), suffix.len() as u64) ^ crc),
+            // No old value: key ‖ suffix is the whole payload.
+            (crc, _) => crc,
+        };
+        let meta = WriteMeta { payload_crc, ..meta };
         let lsn = self.last_lsn + 1;
         let result = self.apply(RecordKind::Put, key, &[&scratch, suffix], lsn, lsn, meta);
         self.scratch = scratch;
@@ -635,7 +667,10 @@ impl Store {
             RecordMeta { kind, lsn, timestamp, client_id: meta.client_id, request_id: meta.request_id };
         let active = self.active;
         let tag = self.active_segment().map_or(0, |s| format::segment_tag(s.id));
-        let header = format::encode_record_header_tagged(&rmeta, tag, key, value);
+        let header = match meta.payload_crc {
+            Some(crc) => format::encode_record_header_with_payload_crc(&rmeta, tag, key, value, crc),
+            None => format::encode_record_header_tagged(&rmeta, tag, key, value),
+        };
         let Some(Some(seg)) = self.segments.get_mut(active as usize) else {
             return Err(StorageError::Poisoned);
         };

@@ -62,7 +62,8 @@ pub struct ReplicatedWrite<'a> {
     pub value: &'a [u8],
     /// The value's version as the primary recorded it.
     pub timestamp: u64,
-    /// Client and request id of the write that produced it.
+    /// Client and request id of the write that produced it; and, if the backup verified the
+    /// frame that carried it, the CRC of key ‖ value ([`WriteMeta::payload_crc`]).
     pub meta: WriteMeta,
 }
 

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-const M: WriteMeta = WriteMeta { client_id: 0, request_id: 0 };
+const M: WriteMeta = WriteMeta { client_id: 0, request_id: 0, payload_crc: None };
 
 fn small() -> Options {
     Options { segment_len: 16 << 10, compact_min_dead_bytes: Some(u64::MAX), ..Options::default() }
@@ -21,7 +21,10 @@ fn put_get_delete_append() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), small()).unwrap();
     assert_eq!(s.last_lsn(), Lsn(0));
-    assert_eq!(s.put(b"a", b"1", WriteMeta { client_id: 5, request_id: 6 }).unwrap(), Lsn(1));
+    assert_eq!(
+        s.put(b"a", b"1", WriteMeta { client_id: 5, request_id: 6, payload_crc: None }).unwrap(),
+        Lsn(1)
+    );
     assert_eq!(s.get(b"a"), Some(Entry { value: b"1", version: 1 }));
     assert_eq!(s.append(b"a", b"23", M).unwrap(), Lsn(2));
     assert_eq!(s.get(b"a").unwrap().value, b"123");
@@ -1014,4 +1017,77 @@ fn compaction_prefers_dead_segments_and_counts_what_it_copies() {
     s.compact_now().unwrap();
     assert_eq!(s.stats().compaction_bytes_copied, (5 + 18) * format::record_len(2, 300) as u64);
     assert_eq!(s.stats().bytes_written, written, "compaction is not counted as written");
+}
+
+/// Issue #11: writes that hand the store the CRC of their key and value (as a server does from a
+/// verified frame) write the very bytes that computing it writes, puts, deletes and appends
+/// alike (an append derives its record's CRC from the old record's), and recovery accepts them.
+#[test]
+fn writes_with_a_payload_crc_write_the_same_bytes() {
+    let with_crc = |key: &[u8], value: &[u8]| WriteMeta {
+        client_id: 9,
+        request_id: 1,
+        payload_crc: Some(crc32fast::hash(&[key, value].concat())),
+    };
+    let run = |derive: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), Options::default()).unwrap();
+        let meta = |key: &[u8], value: &[u8]| {
+            if derive {
+                with_crc(key, value)
+            } else {
+                WriteMeta { payload_crc: None, ..with_crc(key, value) }
+            }
+        };
+        let mut records = 0u64;
+        for i in 0..60u32 {
+            let key = format!("key-{}", i % 7).into_bytes();
+            let value = val(i, [0, 1, 100, 1000, 4000 - key.len()][i as usize % 5]);
+            let written = match i % 4 {
+                0 | 1 => s.put(&key, &value, meta(&key, &value)).map(Some),
+                2 => s.delete(&key, meta(&key, b"")),
+                _ => {
+                    let suffix = &value[..value.len() / 3];
+                    match s.append(&key, suffix, meta(&key, suffix)) {
+                        Err(StorageError::ValueTooLong { .. }) => Ok(None),
+                        other => other.map(Some),
+                    }
+                }
+            };
+            records += written.unwrap().map_or(0, |_| 1);
+        }
+        let mut live: Vec<_> = s.iter_live().map(|r| (r.key.to_vec(), r.value.to_vec())).collect();
+        live.sort();
+        drop(s);
+        let reopened = Store::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(reopened.recovery_report().records, records);
+        drop(reopened);
+        let mut files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        files.sort();
+        (live, files)
+    };
+    let (computed, derived) = (run(false), run(true));
+    assert!(!computed.1.is_empty());
+    assert!(computed.0 == derived.0, "different contents");
+    assert!(computed.1 == derived.1, "segment files differ");
+}
+
+/// What the contract on `WriteMeta::payload_crc` warns of: in a release build (debug builds
+/// panic first) a wrong CRC writes a record that the next open refuses as corrupt.
+#[test]
+#[cfg(not(debug_assertions))]
+fn a_wrong_payload_crc_makes_a_record_recovery_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), small()).unwrap();
+    s.put(b"good", b"value", M).unwrap();
+    let wrong = WriteMeta { payload_crc: Some(crc32fast::hash(b"keyvalue") ^ 1), ..M };
+    s.put(b"key", b"value", wrong).unwrap();
+    s.put(b"after", b"value", M).unwrap();
+    drop(s);
+    assert!(matches!(Store::open(dir.path(), small()), Err(StorageError::Corrupt { .. })));
 }

@@ -139,7 +139,7 @@ fn crash_child() {
     let mut compacting = false;
     let mut pending = 0;
     for seq in 0u64.. {
-        let meta = WriteMeta { client_id: gen, request_id: seq + 1 };
+        let meta = WriteMeta { client_id: gen, request_id: seq + 1, payload_crc: None };
         let k = rng.below(KEYS);
         let len = if rng.below(10) == 0 { 2000 + rng.below(2000) } else { rng.below(600) } as usize;
         let op = match rng.below(10) {

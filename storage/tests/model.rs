@@ -1,6 +1,8 @@
 //! Model-based test: random put/delete/append/reopen/compact/tick sequences against a `HashMap`,
 //! checking every key after every step, and the at-most-once table against the newest write of
-//! each of three clients (writes are spread over them and over "no client").
+//! each of three clients (writes are spread over them and over "no client"). A third of the
+//! writes hand the store the CRC of their key and value, as a server does from a verified frame,
+//! so records with derived checksums go through recovery, compaction and appends too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,6 +61,12 @@ fn value(len: usize, fill: u8, salt: u64) -> Vec<u8> {
 
 type Clients = HashMap<u64, ClientEntry>;
 
+/// `meta` carrying the CRC of `key ‖ value` if `derive` (see `WriteMeta::payload_crc`).
+fn with_crc(meta: WriteMeta, derive: bool, key: &[u8], value: &[u8]) -> WriteMeta {
+    let payload_crc = derive.then(|| crc32fast::hash(&[key, value].concat()));
+    WriteMeta { payload_crc, ..meta }
+}
+
 fn check(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>, clients: &Clients) -> Result<(), TestCaseError> {
     for i in 0..KEYS {
         let k = key(i);
@@ -85,13 +93,14 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut clients = Clients::new();
     for (n, op) in ops.into_iter().enumerate() {
         let salt = n as u64;
-        let meta = WriteMeta { client_id: salt % 4, request_id: 100 + salt };
+        let meta = WriteMeta { client_id: salt % 4, request_id: 100 + salt, payload_crc: None };
+        let derive = salt % 3 == 1;
         match op {
             Op::Put { key: i, len, fill } => {
                 let k = key(i);
                 let v = value(len, fill, salt);
                 let max = store.options().max_value_len_for(k.len());
-                match store.put(&k, &v, meta) {
+                match store.put(&k, &v, with_crc(meta, derive, &k, &v)) {
                     Ok(lsn) => {
                         wrote(&mut clients, meta, lsn);
                         prop_assert!(v.len() <= max);
@@ -104,7 +113,9 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Delete { key: i } => {
                 let k = key(i);
-                let r = store.delete(&k, meta).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let r = store
+                    .delete(&k, with_crc(meta, derive, &k, b""))
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(r.is_some(), model.remove(&k).is_some());
                 if let Some(lsn) = r {
                     wrote(&mut clients, meta, lsn);
@@ -115,7 +126,7 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let suffix = value(len, fill, salt);
                 let mut want = model.get(&k).cloned().unwrap_or_default();
                 want.extend_from_slice(&suffix);
-                match store.append(&k, &suffix, meta) {
+                match store.append(&k, &suffix, with_crc(meta, derive, &k, &suffix)) {
                     Ok(lsn) => {
                         wrote(&mut clients, meta, lsn);
                         model.insert(k, want);

@@ -12,7 +12,7 @@ use storage::{
     ClientEntry, Corruption, LogCursor, Lsn, Options, ReplicatedWrite, StorageError, Store, WriteMeta,
 };
 
-const NOBODY: WriteMeta = WriteMeta { client_id: 0, request_id: 0 };
+const NOBODY: WriteMeta = WriteMeta { client_id: 0, request_id: 0, payload_crc: None };
 
 /// Small segments so that a few hundred records span many; automatic compaction off.
 fn opts() -> Options {
@@ -30,7 +30,7 @@ fn key(i: u64) -> Vec<u8> {
 }
 
 fn meta(client_id: u64, request_id: u64) -> WriteMeta {
-    WriteMeta { client_id, request_id }
+    WriteMeta { client_id, request_id, payload_crc: None }
 }
 
 /// Every (key, value, version) with a value.
@@ -49,17 +49,20 @@ fn crash_image(from: &Path, to: &Path) {
     }
 }
 
-/// Copies the log from `from` (starting at `cursor`) into `to` with `apply_replicated`.
+/// Copies the log from `from` (starting at `cursor`) into `to` with `apply_replicated`. Every
+/// other record carries the CRC of its key and value, as a backup passes it from the verified
+/// frame that brought it.
 fn replicate(from: &Store, cursor: &mut LogCursor, to: &mut Store) -> u64 {
     let mut n = 0;
     while let Some(r) = from.read_log(cursor).unwrap() {
+        let payload_crc = (r.lsn.0 % 2 == 0).then(|| crc32fast::hash(&[r.key, r.value].concat()));
         let w = ReplicatedWrite {
             lsn: r.lsn,
             tombstone: r.tombstone,
             key: r.key,
             value: r.value,
             timestamp: r.timestamp,
-            meta: meta(r.client_id, r.request_id),
+            meta: WriteMeta { payload_crc, ..meta(r.client_id, r.request_id) },
         };
         assert_eq!(to.apply_replicated(&w).unwrap(), r.lsn);
         n += 1;

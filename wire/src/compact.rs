@@ -9,7 +9,7 @@
 //! (see [`crate::Frame::decode_compact`] and [`crate::DecodeError::is_fatal_for`]).
 
 use crate::frame::declared_compact_len;
-use crate::{DecodeError, Frame};
+use crate::{DecodeError, Frame, FrameCrc};
 
 /// How frames are laid out on a connection or in a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -157,14 +157,24 @@ impl CompactReader {
     /// # Errors
     /// As [`Frame::decode_compact`]. After a fatal error (see the type's docs) every later
     /// call returns that error again; after a non-fatal one the bad frame has been skipped.
+    #[inline]
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, DecodeError> {
+        self.next_frame_with_crc().map(|next| next.map(|(frame, _)| frame))
+    }
+
+    /// [`CompactReader::next_frame`], also returning the checksum the frame was verified with
+    /// (see [`Frame::payload_crc`]).
+    ///
+    /// # Errors
+    /// As [`CompactReader::next_frame`].
+    pub fn next_frame_with_crc(&mut self) -> Result<Option<(Frame<'_>, FrameCrc)>, DecodeError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
         let pending = &self.buf[self.start..self.end];
-        let result = Frame::decode_compact(pending);
+        let result = Frame::decode_compact_with_crc(pending);
         let used = match result {
-            Ok(Some((_, used))) => used,
+            Ok(Some((_, used, _))) => used,
             Ok(None) => return Ok(None),
             Err(e) => match declared_compact_len(pending) {
                 // The checksum vouched for the lengths: step over just this frame.
@@ -183,7 +193,7 @@ impl CompactReader {
             self.start = 0;
             self.end = 0;
         }
-        result.map(|decoded| decoded.map(|(frame, _)| frame))
+        result.map(|decoded| decoded.map(|(frame, _, crc)| (frame, crc)))
     }
 
     /// Forgets everything buffered and any fatal error, so the reader (and its memory) can

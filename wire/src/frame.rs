@@ -28,6 +28,22 @@ pub struct Frame<'a> {
     pub value: &'a [u8],
 }
 
+/// The checksum of a frame that decoded: the CRC-32 its sender wrote in the header, which the
+/// decoder recomputed and found equal. Only the decoders ([`Frame::decode_with_crc`],
+/// [`Frame::decode_compact_with_crc`], [`crate::CompactReader::next_frame_with_crc`]) make one,
+/// so holding one means the frame it came with was verified; [`Frame::payload_crc`] turns it into
+/// the CRC of that frame's key and value without reading them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameCrc(u32);
+
+impl FrameCrc {
+    /// The checksum's value: CRC-32 (IEEE) of the frame's bytes from [`CRC_START`] to the end
+    /// of its value.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
 // Generic over the array length so the same readers serve a whole fixed frame and the bare
 // header of a compact one; the offsets are constants inside the header, so they never fail.
 #[inline]
@@ -128,7 +144,17 @@ impl<'a> Frame<'a> {
     ///
     /// # Errors
     /// A [`DecodeError`] naming the first check that failed. No input makes this panic.
+    #[inline]
     pub fn decode(frame: &'a [u8; FRAME_LEN]) -> Result<Frame<'a>, DecodeError> {
+        Frame::decode_with_crc(frame).map(|(frame, _)| frame)
+    }
+
+    /// [`Frame::decode`], also returning the checksum it verified: for a receiver that will
+    /// checksum the key and value again (a server storing them), see [`Frame::payload_crc`].
+    ///
+    /// # Errors
+    /// As [`Frame::decode`].
+    pub fn decode_with_crc(frame: &'a [u8; FRAME_LEN]) -> Result<(Frame<'a>, FrameCrc), DecodeError> {
         let magic = [frame[MAGIC_OFFSET], frame[MAGIC_OFFSET + 1], frame[MAGIC_OFFSET + 2]];
         if magic != MAGIC {
             return Err(DecodeError::BadMagic { found: magic });
@@ -156,7 +182,7 @@ impl<'a> Frame<'a> {
             return Err(DecodeError::ReservedFlags { id, flags: flags.0 });
         }
         let key_end = PAYLOAD_OFFSET + key_len as usize;
-        Ok(Frame {
+        let decoded = Frame {
             id,
             command: Command(read_u32(frame, COMMAND_OFFSET)),
             flags,
@@ -164,7 +190,8 @@ impl<'a> Frame<'a> {
             timestamp: read_u64(frame, TIMESTAMP_OFFSET),
             key: &frame[PAYLOAD_OFFSET..key_end],
             value: &frame[key_end..key_end + value_len as usize],
-        })
+        };
+        Ok((decoded, FrameCrc(stored)))
     }
 
     /// [`Frame::decode`] for a slice, which must be exactly [`FRAME_LEN`] bytes.
@@ -198,7 +225,19 @@ impl<'a> Frame<'a> {
     /// # Errors
     /// A [`DecodeError`] naming the first check that failed; whether the stream survives it
     /// is [`DecodeError::is_fatal_for`] with [`Framing::Compact`]. No input makes this panic.
+    #[inline]
     pub fn decode_compact(buf: &'a [u8]) -> Result<Option<(Frame<'a>, usize)>, DecodeError> {
+        Frame::decode_compact_with_crc(buf).map(|decoded| decoded.map(|(frame, len, _)| (frame, len)))
+    }
+
+    /// [`Frame::decode_compact`], also returning the checksum it verified (see
+    /// [`Frame::payload_crc`]).
+    ///
+    /// # Errors
+    /// As [`Frame::decode_compact`].
+    pub fn decode_compact_with_crc(
+        buf: &'a [u8],
+    ) -> Result<Option<(Frame<'a>, usize, FrameCrc)>, DecodeError> {
         let Some(&magic) = buf.first_chunk::<3>() else {
             return Ok(None);
         };
@@ -245,7 +284,32 @@ impl<'a> Frame<'a> {
             key,
             value,
         };
-        Ok(Some((frame, len)))
+        Ok(Some((frame, len, FrameCrc(stored))))
+    }
+
+    /// The CRC-32 (IEEE) of `key ‖ value`, derived from `crc`, the checksum this frame was
+    /// decoded with, instead of reading key and value again: the checksum covers the header from
+    /// [`CRC_START`] and then key and value, so taking the header's CRC off it leaves theirs
+    /// (see [`crate::crc`]). Costs a CRC of the 40 header bytes and one [`crate::crc::shift`],
+    /// whatever the payload's length.
+    ///
+    /// `crc` must come from decoding this frame, as the decoders return them together; with
+    /// another frame's checksum the result is meaningless (a frame built for encoding has no
+    /// checksum yet: [`crc32fast::hash`] its key and value instead).
+    ///
+    /// ```
+    /// use wire::{Command, Frame, FRAME_LEN};
+    ///
+    /// let mut buf = [0u8; FRAME_LEN];
+    /// Frame::request(7, Command::PUT, b"fruit", b"apple").encode(&mut buf)?;
+    /// let (frame, crc) = Frame::decode_with_crc(&buf)?;
+    /// assert_eq!(frame.payload_crc(crc), crc32fast::hash(b"fruitapple"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn payload_crc(&self, crc: FrameCrc) -> u32 {
+        let header = self.header();
+        let payload_len = self.key.len() as u64 + self.value.len() as u64;
+        crate::crc::strip_prefix(crc.0, crc32fast::hash(&header[CRC_START..]), payload_len)
     }
 
     /// Bytes the frame takes on the wire with `framing`: always [`FRAME_LEN`] for

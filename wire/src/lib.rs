@@ -31,6 +31,9 @@
 //! - [`Framing`], [`Frame::decode_compact`], [`CompactReader`]: the same frames without the
 //!   padding, for links between servers and coordinator datagrams.
 //! - [`DecodeError`], [`EncodeError`]: every way a frame can be bad.
+//! - [`crc`]: CRC-32 arithmetic, so that [`Frame::payload_crc`] can give a receiver the CRC of a
+//!   verified frame's key and value (from the [`FrameCrc`] a decoder returns) without a second
+//!   pass over them.
 //!
 //! # Example
 //!
@@ -59,6 +62,7 @@
 pub mod cluster;
 mod codes;
 mod compact;
+pub mod crc;
 mod error;
 mod frame;
 pub mod header;
@@ -68,7 +72,7 @@ mod stream;
 pub use codes::{Command, Flags, Status};
 pub use compact::{CompactReader, Framing};
 pub use error::{DecodeError, EncodeError};
-pub use frame::Frame;
+pub use frame::{Frame, FrameCrc};
 pub use header::{FRAME_LEN, HEADER_LEN, MAX_KEY_LEN, MAX_PAYLOAD_LEN, VERSION};
 pub use request::{Request, HELLO_COMPACT, HELLO_FIXED};
 pub use stream::FrameReader;

@@ -462,3 +462,32 @@ fn reader_steps_over_frames_refused_after_the_checksum() {
     assert!(seen[1..].iter().all(Result::is_ok));
     assert_eq!(le32(&bytes, ID_OFFSET), 1);
 }
+
+proptest! {
+    /// Every decoder's checksum gives the CRC of key ‖ value that a second pass would compute,
+    /// which is what a server hands its store in place of that pass.
+    #[test]
+    fn payload_crc_is_the_crc_of_key_and_value(frames in proptest::collection::vec(parts(), 1..4)) {
+        for parts in &frames {
+            let frame = parts.frame();
+            let direct = crc32fast::hash(&[parts.key.as_slice(), parts.value.as_slice()].concat());
+            let mut fixed = [0u8; FRAME_LEN];
+            frame.encode(&mut fixed).unwrap();
+            let (decoded, crc) = Frame::decode_with_crc(&fixed).unwrap();
+            prop_assert_eq!(crc.get(), le32(&fixed, CRC_OFFSET));
+            prop_assert_eq!(decoded.payload_crc(crc), direct);
+            let bytes = compact(std::slice::from_ref(parts));
+            let (decoded, len, crc) = Frame::decode_compact_with_crc(&bytes).unwrap().unwrap();
+            prop_assert_eq!(len, bytes.len());
+            prop_assert_eq!(decoded.payload_crc(crc), direct);
+        }
+        let mut reader = CompactReader::new();
+        reader.push(&compact(&frames));
+        for parts in &frames {
+            let (frame, crc) = reader.next_frame_with_crc().unwrap().expect("a whole frame");
+            let direct = crc32fast::hash(&[parts.key.as_slice(), parts.value.as_slice()].concat());
+            prop_assert_eq!(frame.payload_crc(crc), direct);
+        }
+        prop_assert_eq!(reader.next_frame_with_crc(), Ok(None));
+    }
+}

@@ -1,5 +1,7 @@
 //! Wire codec: decode+verify and encode of one frame, beside the CRC alone, so the cost of
-//! everything but the checksum can be read off as a difference.
+//! everything but the checksum can be read off as a difference. `payload_crc_derived` is what a
+//! server spends to hand its store the CRC of a decoded frame's key and value
+//! (`Frame::payload_crc`, issue #11), `payload_crc_rehashed` what computing it again costs.
 
 use std::hint::black_box;
 
@@ -24,6 +26,18 @@ fn codec(c: &mut Criterion) {
             b.iter(|| {
                 let frame = Frame::decode(black_box(f)).unwrap();
                 black_box(Request::parse(&frame).unwrap());
+            })
+        });
+        let (decoded, crc) = Frame::decode_with_crc(&frame).unwrap();
+        group.bench_function(BenchmarkId::new("payload_crc_derived", value_len), |b| {
+            b.iter(|| black_box(&decoded).payload_crc(black_box(crc)))
+        });
+        group.bench_function(BenchmarkId::new("payload_crc_rehashed", value_len), |b| {
+            b.iter(|| {
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(black_box(decoded.key));
+                hasher.update(black_box(decoded.value));
+                hasher.finalize()
             })
         });
         let mut out = [0u8; FRAME_LEN];

@@ -2,7 +2,8 @@
 # Tandem against Redis and against the machine's ceiling (a bare echo of 4096-byte frames),
 # measured by the same client (tandem-bench) back to back, several rounds, alternating the
 # order of the servers. Prints the medians (with min-max) and the ratios tandem/redis and
-# tandem/echo for throughput and p99.
+# tandem/echo for throughput and p99, and for Tandem runs compaction's write amplification
+# (record bytes copied per record byte written, from STATS after each run).
 #
 # Installs nothing: needs redis-server (apt-get install redis-server), uses redis-benchmark
 # for a reference column when present. Builds tandem-bench, tandem-echo and tandem-server in
@@ -107,7 +108,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "compare.sh: building release binaries into $TARGET_DIR ..." >&2
 packages=(-p tandem-benches)
-[[ " $TARGETS " == *" tandem "* ]] && packages+=(-p tandem-server)
+[[ " $TARGETS " == *" tandem "* || " $TARGETS " == *" compact "* ]] && packages+=(-p tandem-server -p tandem-client)
 (cd "$ROOT" && cargo build --release --quiet "${packages[@]}")
 BIN=$TARGET_DIR/release
 BENCH=$BIN/tandem-bench
@@ -115,6 +116,9 @@ BENCH=$BIN/tandem-bench
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tandem-compare.XXXXXX")
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
+# Per Tandem run: shape, size, target, round, write amplification, compactions.
+WA=$WORK/wa.tsv
+: >"$WA"
 SERVER_PID=""
 BUSY_PIDS=()
 
@@ -262,6 +266,14 @@ run_one() {
     srv1=$(cpu_of "$SERVER_PID")
     kids1=$(cpu_children)
     for pid in "${BUSY_PIDS[@]}"; do busyloops=$((busyloops + $(cpu_of "$pid"))); done
+    if [[ $kind == tandem || $kind == compact ]]; then
+        # Compaction's write amplification over the run, prefill included: record bytes
+        # copied per record byte written (STATS).
+        "$BIN/tandem-cli" -s "$ADDR" stats 2>/dev/null | awk -F: -v sh="$shape" -v sz="$size" -v k="$kind" -v r="$round" '
+            $1 == "storage_bytes_written" { w = $2 } $1 == "storage_compaction_bytes_copied" { c = $2 }
+            $1 == "storage_compactions" { n = $2 }
+            END { if (w > 0) printf "%s\t%s\t%s\t%s\t%.3f\t%d\n", sh, sz, k, r, c / w, n }' >>"$WA" || true
+    fi
     wall=$(echo "$t0 $(date +%s.%N)" | awk '{print $2-$1}')
     other=$(awk -v b=$((busy1 - busy0)) -v s=$((srv1 - srv0)) -v k=$((kids1 - kids0)) -v l="$busyloops" \
         -v w="$wall" -v t="$TICKS" -v n="$NCPU" \
@@ -397,7 +409,21 @@ report() {
         }' "$WORK/ops.tsv" "$WORK/p99.tsv" "$WORK/p50.tsv" "$WORK/sent.tsv" "$WORK/received.tsv" | sort -t$'\t' -k1,1r -k2,2 -k3,3 | cut -f4-
 }
 
-report | tee ${OUT:+"$OUT"}
+# Write amplification per (shape, size, target): median (min-max) and median compactions.
+wa_report() {
+    [[ -s $WA ]] || return 0
+    echo
+    echo "Compaction's write amplification in the Tandem runs (record bytes compaction copied per record byte written, over each whole run, prefill included; STATS storage_compaction_bytes_copied / storage_bytes_written):"
+    echo
+    echo "| shape | value B | target | write amplification | compactions (that run) |"
+    echo "| --- | --- | --- | --- | --- |"
+    sort -t$'\t' -k1,1 -k2,2n -k3,3 -k5,5g "$WA" | awk -F'\t' '
+        function flush() { if (n) { split(key, f, SUBSEP); printf "| %s | %s | %s | %.3f (%.3f-%.3f) | %d |\n", f[1], f[2], f[3], v[int((n + 1) / 2)], v[1], v[n], c[int((n + 1) / 2)] } }
+        { k = $1 SUBSEP $2 SUBSEP $3; if (k != key) { flush(); key = k; n = 0 } n++; v[n] = $5; c[n] = $6 }
+        END { flush() }'
+}
+
+{ report; wa_report; } | tee ${OUT:+"$OUT"}
 if [[ $ERRORS -gt 0 ]]; then
     echo "compare.sh: $ERRORS errors during the runs; see the per-run lines above" >&2
     exit 1

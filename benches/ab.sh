@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B two (or more) tandem-server binaries with the same client, alternating them round by
 # round, as compare.sh does for servers of different kinds. Each run: a fresh server on a
-# private port and temp dir (--fsync never), a prefill, 1 s warm-up, then PUT and GET.
+# private port and temp dir (--fsync never, or $AB_FSYNC), a prefill, 1 s warm-up, then PUT and GET.
 #
 # Usage: benches/ab.sh ROUNDS BIN_A BIN_B [-- tandem-bench args]
 #   default tandem-bench args: -c 50 -P 16 -d 4000 -r 10000 --duration 3
@@ -31,7 +31,7 @@ trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq "$ROUNDS"); do
     for bin in "${BINS[@]}"; do
         rm -rf "$WORK/data" "$WORK/out"
-        "$bin" --listen 127.0.0.1:0 --data "$WORK/data" --fsync never >"$WORK/out" 2>/dev/null &
+        "$bin" --listen 127.0.0.1:0 --data "$WORK/data" --fsync "${AB_FSYNC:-never}" >"$WORK/out" 2>/dev/null &
         PID=$!
         ADDR=""
         for _ in $(seq 200); do

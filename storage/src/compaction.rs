@@ -113,8 +113,8 @@ pub(crate) struct Copying {
 pub(crate) struct CommitJob {
     dir: PathBuf,
     dir_file: Arc<File>,
-    /// Outputs and every other file with unflushed writes.
-    flush: Vec<Arc<File>>,
+    /// Outputs and every other segment with unflushed writes.
+    flush: Vec<crate::segment::SyncRange>,
     /// (id, current `.tmp` path, final `.seg` path) of each output.
     outputs: Vec<(u64, PathBuf, PathBuf)>,
     /// (id, path) of each input.
@@ -655,8 +655,8 @@ pub(crate) fn commit(job: &mut CommitJob) -> Result<(), CommitError> {
         || dir_file.sync_all().map_err(|e| StorageError::io(format!("fsync directory {}", dir.display()), e));
     let failed = CommitError::Failed;
     // A failed flush may have lost data (fsyncgate): never retried, whatever the error.
-    for f in flush.iter() {
-        f.sync_data().map_err(|e| failed(StorageError::io("fdatasync before compaction commit", e)))?;
+    for r in flush.iter() {
+        r.sync().map_err(|e| failed(StorageError::io("flush before compaction commit", e)))?;
     }
     let no_space_or_failed = |e| match e {
         StorageError::NoSpace => CommitError::NoSpace,

@@ -81,7 +81,7 @@ pub use snapshot::{SnapshotCursor, SnapshotRecord};
 
 use format::{RecordKind, RecordMeta, SegmentKind, SEGMENT_HEADER_LEN};
 use index::{Index, Slot};
-use segment::Segment;
+use segment::{Segment, SyncRange};
 
 /// A log sequence number: the position of a record in the log. 0 means "nothing yet"; the first
 /// record written to a new store gets 1, and each later local write the next number.
@@ -1139,14 +1139,14 @@ impl Store {
     }
 
     fn start_background_flush(&mut self) {
-        let (files, marks) = self.unflushed();
+        let (ranges, marks) = self.unflushed();
         let dir = if marks.dir_gen > self.dir_synced_gen { Some(Arc::clone(&self.dir_file)) } else { None };
         self.flush_in_flight = true;
-        self.worker.submit(worker::Job::Flush { files, dir, lsn: self.last_lsn, marks });
+        self.worker.submit(worker::Job::Flush { ranges, dir, lsn: self.last_lsn, marks });
     }
 
-    /// The files with unflushed writes, and what flushing them now will cover.
-    pub(crate) fn unflushed(&self) -> (Vec<Arc<File>>, worker::FlushMarks) {
+    /// The byte ranges with unflushed writes, and what flushing them now will cover.
+    pub(crate) fn unflushed(&self) -> (Vec<SyncRange>, worker::FlushMarks) {
         self.unflushed_of(|_| true)
     }
 
@@ -1154,14 +1154,14 @@ impl Store {
     pub(crate) fn unflushed_of(
         &self,
         which: impl Fn(&Segment) -> bool,
-    ) -> (Vec<Arc<File>>, worker::FlushMarks) {
-        let mut files = Vec::new();
+    ) -> (Vec<SyncRange>, worker::FlushMarks) {
+        let mut ranges = Vec::new();
         let mut marks = worker::FlushMarks { segments: Vec::new(), dir_gen: self.dir_gen };
         for seg in self.segments.iter().flatten().filter(|s| !s.is_synced() && which(s)) {
-            files.push(Arc::clone(&seg.file));
+            ranges.push(seg.unflushed_range());
             marks.segments.push((seg.id, seg.write_off));
         }
-        (files, marks)
+        (ranges, marks)
     }
 
     /// Records what a successful background flush covered.

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{MmapMut, MmapOptions, MmapRaw};
 
 use crate::error::StorageError;
 use crate::format::{self, SegmentHeader, SegmentKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
@@ -82,6 +82,32 @@ pub(crate) struct Segment {
     pub sealed: bool,
     /// A recycled file: stale bytes may follow the records (`format::SEG_FLAG_RECYCLED`).
     pub recycled: bool,
+    /// A second, read-only mapping of the file, made on first use, through which the background
+    /// thread msyncs byte ranges ([`Segment::unflushed_range`]): `fdatasync` would write every
+    /// dirty page of the file, and a prefaulted segment is all dirty pages (zeros) past its
+    /// records. The `Arc` keeps it mapped while a job uses it, whatever becomes of the segment.
+    sync_map: std::sync::OnceLock<Arc<MmapRaw>>,
+}
+
+/// Bytes of one segment file for the background thread to make durable: msync of
+/// `from..to` through [`Segment::unflushed_range`]'s mapping, which writes back those pages and
+/// commits what the file system needs to read them back (`vfs_fsync_range`, datasync); or,
+/// should that mapping be refused, `fdatasync` of the whole file.
+pub(crate) enum SyncRange {
+    /// The usual case.
+    Range { map: Arc<MmapRaw>, from: usize, to: usize },
+    /// Fallback: every dirty page of the file.
+    File(Arc<File>),
+}
+
+impl SyncRange {
+    /// Writes the range back and waits for the device.
+    pub fn sync(&self) -> io::Result<()> {
+        match self {
+            SyncRange::Range { map, from, to } => map.flush_range(*from, to - from),
+            SyncRange::File(file) => file.sync_data(),
+        }
+    }
 }
 
 impl Segment {
@@ -110,6 +136,7 @@ impl Segment {
             tombstones: 0,
             sealed,
             recycled,
+            sync_map: std::sync::OnceLock::new(),
         }
     }
 
@@ -404,6 +431,39 @@ impl Segment {
         self.synced_upto >= self.write_off
     }
 
+    /// The bytes written since the last flush, for a background flush: up to the end of the last
+    /// record, and for a recycled segment its end marker too (see [`Segment::flush`]).
+    pub fn unflushed_range(&self) -> SyncRange {
+        let map = match self.sync_map.get() {
+            Some(map) => Some(Arc::clone(map)),
+            None => match MmapOptions::new().len(self.map.len()).map_raw_read_only(&*self.file) {
+                Ok(map) => Some(Arc::clone(self.sync_map.get_or_init(|| Arc::new(map)))),
+                Err(e) => {
+                    log::warn!(
+                        "cannot map {} for flushing ranges, flushing the whole file: {e}",
+                        self.path.display()
+                    );
+                    None
+                }
+            },
+        };
+        match map {
+            Some(map) => SyncRange::Range { map, from: self.synced_upto as usize, to: self.unflushed_end() },
+            None => SyncRange::File(Arc::clone(&self.file)),
+        }
+    }
+
+    /// Where the bytes a flush must cover end.
+    fn unflushed_end(&self) -> usize {
+        // A recycled segment's end marker (the zeroed header slot after the last record) must be
+        // as durable as the records, or a machine crash could leave stale bytes right after them.
+        if self.recycled {
+            (self.write_off as usize + RECORD_HEADER_LEN).min(self.map.len())
+        } else {
+            self.write_off as usize
+        }
+    }
+
     /// msyncs the bytes written since the last flush.
     pub fn flush(&mut self) -> io::Result<()> {
         if self.is_synced() {
@@ -413,14 +473,7 @@ impl Segment {
         if FAIL_NEXT_FLUSH.replace(false) {
             return Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()));
         }
-        let from = self.synced_upto as usize;
-        // A recycled segment's end marker (the zeroed header slot after the last record) must be
-        // as durable as the records, or a machine crash could leave stale bytes right after them.
-        let to = if self.recycled {
-            (self.write_off as usize + RECORD_HEADER_LEN).min(self.map.len())
-        } else {
-            self.write_off as usize
-        };
+        let (from, to) = (self.synced_upto as usize, self.unflushed_end());
         self.map.flush_range(from, to - from)?;
         self.synced_upto = self.write_off;
         Ok(())

@@ -1089,3 +1089,40 @@ fn a_wrong_payload_crc_makes_a_record_recovery_refuses() {
     drop(s);
     assert!(matches!(Store::open(dir.path(), small()), Err(StorageError::Corrupt { .. })));
 }
+
+/// A background flush covers the bytes written since the last one and no more: not the rest of
+/// a prefaulted segment (all dirty zeros), which `fdatasync` of the file used to write out.
+#[test]
+fn background_flushes_cover_only_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s =
+        Store::open(dir.path(), Options { durability: Durability::Interval { ms: 1 }, ..small() }).unwrap();
+    let ranges = |s: &Store| -> Vec<(usize, usize)> {
+        s.unflushed()
+            .0
+            .iter()
+            .map(|r| match r {
+                segment::SyncRange::Range { from, to, .. } => (*from, *to),
+                segment::SyncRange::File(_) => panic!("fell back to the whole file"),
+            })
+            .collect()
+    };
+    s.put(b"a", &val(1, 100), M).unwrap();
+    let end = SEGMENT_HEADER_LEN + format::record_len(1, 100);
+    // The header is durable since the segment was created: the record only.
+    assert_eq!(ranges(&s), vec![(SEGMENT_HEADER_LEN, end)]);
+    s.sync().unwrap();
+    assert!(ranges(&s).is_empty());
+    s.put(b"b", &val(2, 100), M).unwrap();
+    assert_eq!(ranges(&s), vec![(end, end + format::record_len(1, 100))]);
+    // And the flush through that range completes and counts.
+    s.tick(Instant::now()).unwrap();
+    let start = Instant::now();
+    while s.durable_lsn() < Lsn(2) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the background flush never finished");
+        std::thread::sleep(Duration::from_millis(1));
+        s.tick(Instant::now()).unwrap();
+    }
+    assert!(!s.has_unflushed());
+    assert!(ranges(&s).is_empty());
+}

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::StorageError;
-use crate::segment::Segment;
+use crate::segment::{Segment, SyncRange};
 
 /// Work for the background thread.
 pub(crate) enum Job {
-    /// fdatasync these files (then the directory, if given): the interval flush.
-    Flush { files: Vec<Arc<File>>, dir: Option<Arc<File>>, lsn: u64, marks: FlushMarks },
+    /// Make these ranges durable (then the directory, if given): the interval flush.
+    Flush { ranges: Vec<SyncRange>, dir: Option<Arc<File>>, lsn: u64, marks: FlushMarks },
     /// Make a compaction durable and delete what it replaced; see `compaction::commit`.
     Commit(Box<crate::compaction::CommitJob>),
 }
@@ -141,8 +141,8 @@ impl Drop for Worker {
 fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     while let Ok(job) = jobs.recv() {
         let report = match job {
-            Job::Flush { files, dir, lsn, marks } => {
-                Done::Flushed { lsn, marks, result: flush(&files, dir.as_deref()) }
+            Job::Flush { ranges, dir, lsn, marks } => {
+                Done::Flushed { lsn, marks, result: flush(&ranges, dir.as_deref()) }
             }
             Job::Commit(mut job) => match crate::compaction::commit(&mut job) {
                 Err(crate::compaction::CommitError::NoSpace) => Done::CommitDeferred(job),
@@ -204,9 +204,9 @@ fn recycled(dir: &std::path::Path, id: u64, len: u64) -> Option<Segment> {
     None
 }
 
-fn flush(files: &[Arc<File>], dir: Option<&File>) -> io::Result<()> {
-    for f in files {
-        f.sync_data()?;
+fn flush(ranges: &[SyncRange], dir: Option<&File>) -> io::Result<()> {
+    for r in ranges {
+        r.sync()?;
     }
     if let Some(d) = dir {
         d.sync_all()?;

@@ -732,6 +732,7 @@ impl Server {
         let committed = self.node.committed();
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.pending_out() > 0 {
+            let was_backpressured = conn.is_backpressured();
             match conn.flush(committed) {
                 Ok(n) => {
                     if n > 0 {
@@ -744,6 +745,12 @@ impl Server {
                     self.close(key);
                     return;
                 }
+            }
+            // Reads paused by backpressure resume now (replies held for the commit point, released
+            // after the reads stopped): the socket may hold data that no new edge announces.
+            if was_backpressured && !conn.is_backpressured() && !conn.queued && !conn.read_closed {
+                conn.queued = true;
+                self.ready.push(key);
             }
         }
         if conn.read_closed && conn.pending_out() == 0 {

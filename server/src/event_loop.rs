@@ -185,19 +185,16 @@ impl Server {
         };
         let mut listener = bind_listener(config.listen, config.backlog)
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some((
+                addr,
+                std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?,
+            )),
+            None => None,
+        };
         let store = Store::open(&config.data_dir, options).map_err(ServerError::Storage)?;
         let poll = Poll::new().map_err(io_err("creating the poll"))?;
         let local_addr = listener.local_addr().map_err(io_err("reading the bound address"))?;
-        let metrics = match config.metrics {
-            Some(addr) => {
-                let snapshot = crate::metrics::Snapshot::default();
-                let bound = crate::metrics::spawn(addr, snapshot.clone())
-                    .map_err(|source| ServerError::Bind { addr, source })?;
-                log::info!("metrics on http://{bound}/metrics");
-                Some(snapshot)
-            }
-            None => None,
-        };
         let mut node = Node::new(store, config.durability, config.auth_token.clone());
         let cluster = match &config.cluster {
             Some(settings) => Some(
@@ -211,6 +208,20 @@ impl Server {
                 )
                 .map_err(ServerError::Cluster)?,
             ),
+            None => None,
+        };
+        let metrics = match metrics_listener {
+            Some((addr, listener)) => {
+                // Served from the first request on: a scrape never finds an empty snapshot.
+                let snapshot = crate::metrics::Snapshot::default();
+                let mut text = String::new();
+                node.render_stats(&mut text);
+                snapshot.set(&text);
+                let bound = crate::metrics::spawn(listener, snapshot.clone())
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                log::info!("metrics on http://{bound}/metrics");
+                Some(snapshot)
+            }
             None => None,
         };
         poll.registry()

@@ -32,13 +32,13 @@ impl Snapshot {
     }
 }
 
-/// Binds `addr` and serves `GET /metrics` from `snapshot` on a thread of its own. Returns the
+/// Serves `GET /metrics` on `listener` (bound beforehand, so that a taken address fails the
+/// start before anything else is created) from `snapshot`, on a thread of its own. Returns the
 /// bound address.
 ///
 /// # Errors
-/// If the address cannot be bound or the thread cannot start.
-pub fn spawn(addr: SocketAddr, snapshot: Snapshot) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+/// If the address cannot be read or the thread cannot start.
+pub fn spawn(listener: TcpListener, snapshot: Snapshot) -> io::Result<SocketAddr> {
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for conn in listener.incoming() {
@@ -266,7 +266,7 @@ mod tests {
     fn the_http_thread_serves_the_snapshot_and_nothing_else() {
         let snapshot = Snapshot::default();
         snapshot.set("connections:3\n");
-        let addr = spawn("127.0.0.1:0".parse().unwrap(), snapshot.clone()).unwrap();
+        let addr = spawn(TcpListener::bind("127.0.0.1:0").unwrap(), snapshot.clone()).unwrap();
         let get = |path: &str| {
             let mut s = TcpStream::connect(addr).unwrap();
             write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

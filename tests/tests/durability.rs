@@ -303,6 +303,22 @@ fn a_start_on_a_taken_port_leaves_no_data_directory() {
     assert!(!data.exists(), "a failed start left {}", data.display());
 }
 
+/// The same for `--metrics` on a taken address: it is bound before the store is opened.
+#[test]
+fn a_start_with_the_metrics_address_taken_leaves_no_data_directory() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, log) = match ServerProcess::try_start(&data, &["--metrics", &addr]) {
+        Err(failure) => failure,
+        Ok(_) => panic!("the server started with its metrics address taken"),
+    };
+    assert!(!status.contains("exit status: 0"), "{status}: {log}");
+    assert!(log.contains(&addr), "the error names the address: {log}");
+    assert!(!data.exists(), "a failed start left {}", data.display());
+}
+
 /// Issue #10: an empty store took a whole 64 MiB segment on disk before its first write.
 #[test]
 fn a_new_data_directory_is_small() {

@@ -288,35 +288,32 @@ fn a_damaged_data_directory_is_refused_until_repaired() {
     assert!(stdout.contains("nothing dropped"), "{stdout}");
 }
 
-/// Issue #10: a start that failed because the port was taken left a 65 MiB data directory.
-#[test]
-fn a_start_on_a_taken_port_leaves_no_data_directory() {
+/// Starts a server with `flag` set to an address another socket holds: the start must fail,
+/// name the address, and leave no data directory behind.
+fn a_start_with_a_taken_address_leaves_no_data_directory(flag: &str) {
     let dir = temp_dir();
     let data = dir.path().join("data");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (status, log) = match ServerProcess::try_start(&data, &["--listen", &addr]) {
+    let (status, log) = match ServerProcess::try_start(&data, &[flag, &addr]) {
         Err(failure) => failure,
-        Ok(_) => panic!("the server started on a taken port"),
-    };
-    assert!(!status.contains("exit status: 0"), "{status}: {log}");
-    assert!(!data.exists(), "a failed start left {}", data.display());
-}
-
-/// The same for `--metrics` on a taken address: it is bound before the store is opened.
-#[test]
-fn a_start_with_the_metrics_address_taken_leaves_no_data_directory() {
-    let dir = temp_dir();
-    let data = dir.path().join("data");
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let (status, log) = match ServerProcess::try_start(&data, &["--metrics", &addr]) {
-        Err(failure) => failure,
-        Ok(_) => panic!("the server started with its metrics address taken"),
+        Ok(_) => panic!("the server started with {flag} {addr} taken"),
     };
     assert!(!status.contains("exit status: 0"), "{status}: {log}");
     assert!(log.contains(&addr), "the error names the address: {log}");
     assert!(!data.exists(), "a failed start left {}", data.display());
+}
+
+/// Issue #10: a start that failed because the port was taken left a 65 MiB data directory.
+#[test]
+fn a_start_on_a_taken_port_leaves_no_data_directory() {
+    a_start_with_a_taken_address_leaves_no_data_directory("--listen");
+}
+
+/// The same for `--metrics`: it is bound before the store is opened.
+#[test]
+fn a_start_with_the_metrics_address_taken_leaves_no_data_directory() {
+    a_start_with_a_taken_address_leaves_no_data_directory("--metrics");
 }
 
 /// Issue #10: an empty store took a whole 64 MiB segment on disk before its first write.

@@ -133,6 +133,12 @@ pub struct Args {
     #[arg(long)]
     pub verify: bool,
 
+    /// Read the Tandem server's STATS before the run and after each test (a request on a
+    /// connection of its own each time) and report what its storage did meanwhile: bytes
+    /// written, bytes compaction copied, write amplification, compactions.
+    #[arg(long)]
+    pub server_stats: bool,
+
     /// A request without a reply for this long counts as a timeout and its connection is
     /// reopened.
     #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 5_000)]
@@ -296,6 +302,8 @@ pub struct Config {
     pub rate: Option<f64>,
     /// Whether GET values are checked.
     pub verify: bool,
+    /// Whether the server's STATS are read around each test (`--server-stats`).
+    pub server_stats: bool,
     /// The seed.
     pub seed: u64,
     /// Per-request timeout.
@@ -508,6 +516,7 @@ impl Config {
             prefill: args.prefill || args.ycsb.is_some(),
             rate: args.rate,
             verify: args.verify,
+            server_stats: args.server_stats,
             seed: args.seed,
             timeout_ms: args.timeout_ms,
             output,

@@ -280,6 +280,15 @@ impl Runner {
     /// [`StartError`] when the server is unreachable, does not agree to the framing asked
     /// for, or the machine refuses resources.
     pub fn start(config: &Config) -> Result<Runner, StartError> {
+        Runner::start_with(config, || {})
+    }
+
+    /// [`Runner::start`], calling `ready` once every connection is open and agreed, just before
+    /// the threads start sending: the moment to read the server's counters before the load.
+    ///
+    /// # Errors
+    /// As [`Runner::start`]; `ready` is not called then.
+    pub fn start_with(config: &Config, ready: impl FnOnce()) -> Result<Runner, StartError> {
         probe(config.addr, config.protocol, config.framing)?;
         let phases = phases(config);
         let shared = Arc::new(Shared::new(config, phases.clone()));
@@ -301,6 +310,7 @@ impl Runner {
             };
             workers.push(Worker::new(shared.clone(), first..last, links)?);
         }
+        ready();
         let mut handles = Vec::with_capacity(config.threads);
         for (thread, worker) in workers.into_iter().enumerate() {
             let handle = std::thread::Builder::new()

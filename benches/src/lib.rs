@@ -27,6 +27,8 @@
 //! - [`stats`]: histograms, error counts, per-second series; merging threads.
 //! - [`report`]: human summary, CSV, JSON lines, HdrHistogram files, progress line.
 //! - [`echo`]: the echo server behind `tandem-echo` and `--baseline echo`.
+//! - [`server_stats`]: the Tandem server's STATS before and after each test: what its storage
+//!   wrote, and compaction's write amplification.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -37,6 +39,7 @@ pub mod echo;
 pub mod proto;
 pub mod ratelimit;
 pub mod report;
+pub mod server_stats;
 pub mod stats;
 mod timer;
 pub mod workload;

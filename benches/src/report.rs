@@ -158,6 +158,10 @@ pub struct TestReport {
     /// Open loop only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateReport>,
+    /// A Tandem server's storage during the test (warm-up included), from its STATS before
+    /// and after; absent for other servers, or when STATS could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::server_stats::StorageReport>,
     /// Per second of measurement.
     pub series: Vec<SecondReport>,
     /// The run's resolved configuration.
@@ -233,6 +237,7 @@ impl TestReport {
                 achieved_rate: (stats.sent_per_sec() * 10.0).round() / 10.0,
                 window_s: stats.window_ns as f64 / 1e9,
             }),
+            storage: None,
             series,
             config: config.clone(),
             histogram,
@@ -334,6 +339,14 @@ pub fn write_human(out: &mut dyn Write, r: &TestReport) -> io::Result<()> {
     }
     if let Some(get) = r.commands.get(&Cmd::Get) {
         writeln!(out, "  hits {} misses {}", get.ops - get.misses, get.misses)?;
+    }
+    if let Some(st) = &r.storage {
+        let wa = st.write_amplification.map_or("-".to_string(), |wa| format!("{wa:.3}"));
+        writeln!(
+            out,
+            "  server storage: write amplification {wa} ({} bytes copied by {} compactions, {} written)",
+            st.compaction_bytes_copied, st.compactions, st.bytes_written
+        )?;
     }
     if r.commands.len() > 1 {
         for (cmd, c) in &r.commands {

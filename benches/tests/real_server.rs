@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{bench, describe, json_lines, RunningServer};
+use common::{bench, describe, json_lines, spawn_echo, RunningServer};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -82,4 +82,85 @@ fn a_server_at_its_connection_limit_is_counted_as_busy() {
     assert_eq!(line["ops"], 0, "{line}");
     assert_eq!(kinds["status:BUSY"], 5, "every request was refused: {line}");
     assert!(kinds.get("id_mismatch").is_none(), "{line}");
+}
+
+/// With `--server-stats`, against a Tandem server each test reports what the server's storage
+/// did meanwhile, from its STATS before and after: the bytes its log took and compaction's write
+/// amplification. GETs write nothing; an echo server has no STATS, so no storage figures; and
+/// without the flag nothing is read.
+#[test]
+fn server_stats_reports_the_storage_work_and_write_amplification_of_each_test() {
+    let server = RunningServer::start(server::Config::default().max_connections);
+    let addr = server.addr.clone();
+    let run = bench(
+        &[
+            "-s",
+            &addr,
+            "-c",
+            "4",
+            "-P",
+            "4",
+            "-d",
+            "4000",
+            "-r",
+            "100",
+            "-n",
+            "6000",
+            "-t",
+            "put",
+            "--json",
+            "--server-stats",
+        ],
+        LIMIT,
+    );
+    let reads = bench(
+        &[
+            "-s",
+            &addr,
+            "-c",
+            "2",
+            "-d",
+            "4000",
+            "-r",
+            "100",
+            "-n",
+            "500",
+            "-t",
+            "get",
+            "--json",
+            "--server-stats",
+        ],
+        LIMIT,
+    );
+    let human =
+        bench(&["-s", &addr, "-c", "1", "-d", "4000", "-n", "20", "-t", "put", "--server-stats"], LIMIT);
+    let without = bench(&["-s", &addr, "-c", "1", "-d", "4000", "-n", "20", "-t", "put", "--json"], LIMIT);
+    server.stop();
+
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    let put = &json_lines(&run)[0];
+    let storage = &put["storage"];
+    let written = storage["bytes_written"].as_u64().unwrap_or_else(|| panic!("{put}"));
+    assert!(written >= 6000 * 4000, "6000 PUTs of 4000 bytes, {written} bytes written: {put}");
+    let copied = storage["compaction_bytes_copied"].as_u64().expect("copied");
+    let wa = storage["write_amplification"].as_f64().expect("write amplification");
+    assert!((wa - copied as f64 / written as f64).abs() < 1e-9, "{put}");
+    assert!(storage["compactions"].as_u64().is_some(), "{put}");
+
+    assert_eq!(reads.status.code(), Some(0), "{}", describe(&reads));
+    let get = &json_lines(&reads)[0];
+    assert_eq!(get["storage"]["bytes_written"].as_u64(), Some(0), "GETs write nothing: {get}");
+    assert!(get["storage"]["write_amplification"].is_null(), "{get}");
+
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.lines().any(|l| l.starts_with("  server storage: write amplification ")), "{text}");
+    assert!(json_lines(&without)[0].get("storage").is_none(), "only with --server-stats");
+
+    let echo = spawn_echo();
+    let baseline = bench(
+        &["--protocol", "echo", "-s", &echo.addr.to_string(), "-n", "100", "-t", "put", "--json"],
+        LIMIT,
+    );
+    assert_eq!(baseline.status.code(), Some(0), "{}", describe(&baseline));
+    assert!(json_lines(&baseline)[0].get("storage").is_none(), "no STATS from an echo server");
 }

@@ -12,11 +12,15 @@ use std::time::{Duration, Instant};
 use benches::config::{Baseline, Output};
 use benches::coordinator::{self, LOOKUP_BUDGET};
 use benches::echo::EchoServer;
+use benches::proto::Protocol;
 use benches::report::{self, TestReport};
+use benches::server_stats::{self, StorageReport};
 use benches::{Args, Config, RunEvent, Runner};
 use clap::Parser;
 
 const TICK: Duration = Duration::from_millis(500);
+/// How long a STATS read before the run or after a test may take.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -55,7 +59,16 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let mut runner = match Runner::start(&config) {
+    // `--server-stats`: a Tandem server's STATS before the run and after each test; its
+    // storage's share of the work (write amplification) goes into each report.
+    // Read once the run is sure to start (connections open, framing agreed), so that a run
+    // that does not start sends nothing more.
+    let stats_addr = (config.server_stats && config.protocol == Protocol::Tandem).then_some(config.addr);
+    let mut counters = None;
+    let started = Runner::start_with(&config, || {
+        counters = stats_addr.and_then(|addr| server_stats::fetch(addr, STATS_TIMEOUT));
+    });
+    let mut runner = match started {
         Ok(runner) => runner,
         Err(e) => {
             eprintln!("tandem-bench: {e}");
@@ -113,7 +126,11 @@ fn main() -> ExitCode {
                 if show_progress {
                     eprint!("\r\x1b[2K");
                 }
-                let report = TestReport::new(&result, &config);
+                let mut report = TestReport::new(&result, &config);
+                let now = stats_addr.and_then(|addr| server_stats::fetch(addr, STATS_TIMEOUT));
+                report.storage =
+                    counters.as_ref().zip(now.as_ref()).and_then(|(a, b)| StorageReport::between(a, b));
+                counters = now;
                 errors += report.errors;
                 not_sent += report.not_sent;
                 // CSV and JSON carry one row / object per test: the prefill is not one, so its

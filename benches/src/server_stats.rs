@@ -3,42 +3,22 @@
 //! wrote and how much compaction copied meanwhile (issue #11: write amplification beside ops/s).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
-use wire::{Command, Frame, Status, FRAME_LEN};
 
 /// A server's numeric STATS counters by name.
 pub type Counters = HashMap<String, u64>;
 
-/// Reads STATS from the Tandem server at `addr`: one fixed frame each way, within `timeout`.
+/// Reads STATS from the Tandem server at `addr` through [`client::Client`], within `timeout`.
 /// `None` if it does not answer OK (not a Tandem server, AUTH required, gone): the report then
 /// has no storage figures, and the run goes on.
 pub fn fetch(addr: SocketAddr, timeout: Duration) -> Option<Counters> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    let mut buf = [0u8; FRAME_LEN];
-    Frame::request(1, Command::STATS, b"", b"").encode(&mut buf).ok()?;
-    stream.write_all(&buf).ok()?;
-    stream.read_exact(&mut buf).ok()?;
-    let reply = Frame::decode(&buf).ok()?;
-    if reply.status() != Status::OK {
-        return None;
-    }
-    Some(parse(std::str::from_utf8(reply.value).ok()?))
-}
-
-/// The numeric `name:value` lines of a STATS text.
-fn parse(text: &str) -> Counters {
-    text.lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            Some((name.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
+    let options =
+        client::Options { connect_timeout: timeout, op_timeout: timeout, ..client::Options::default() };
+    let stats = client::Client::connect_with(addr, options).ok()?.stats().ok()?;
+    Some(stats.into_iter().filter_map(|(name, value)| Some((name, value.trim().parse().ok()?))).collect())
 }
 
 /// What the server's storage did between two STATS readings.
@@ -73,6 +53,13 @@ impl StorageReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Counters {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
+            .collect()
+    }
 
     #[test]
     fn the_report_is_the_difference_of_two_readings() {

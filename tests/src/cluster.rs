@@ -298,19 +298,10 @@ impl Cluster {
 
     /// Like [`Cluster::restart`], but on a new, empty data directory (same id).
     pub fn restart_empty(&mut self, i: usize) {
-        self.kill(i);
         let n = &mut self.nodes[i];
         n.dirs += 1;
         n.data_dir = self.dir.path().join(format!("{}-{}", n.id, n.dirs));
-        n.process = spawn_server(
-            &n.id,
-            &n.data_dir,
-            &n.udp,
-            &n.tcp,
-            self.secret_path.as_ref(),
-            &self.opts.server_args,
-        );
-        n.running = true;
+        self.restart(i);
     }
 
     /// SIGKILLs the coordinator.
